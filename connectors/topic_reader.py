@@ -1,0 +1,67 @@
+"""Read a topic's committed records from the beginning to its current end.
+
+The end is the high watermark of each partition when reading starts. With
+``isolation.level=read_committed`` librdkafka moves the position past transaction markers and
+aborted records, so "position >= high watermark on every partition" is an exact end condition:
+no idle-timeout guessing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+from confluent_kafka import Message, TopicPartition
+
+from connectors.kafka import make_consumer
+from connectors.settings import Settings
+from f2p_errors import F2PError
+
+
+class ReadTimeout(F2PError):
+    """The end of the topic was not reached before the deadline."""
+
+
+def read_to_end(
+    settings: Settings,
+    topic: str,
+    *,
+    timeout_s: float = 60.0,
+    partitions: list[int] | None = None,
+    start_offsets: dict[int, int] | None = None,
+) -> Iterator[Message]:
+    """Yield every committed message of ``topic`` (all or some partitions) up to its end.
+
+    Uses a throw-away group id and assigns partitions explicitly: it joins no group and commits
+    nothing. Raises ReadTimeout (naming the lagging partitions) if the end is not reached in time.
+    """
+    consumer = make_consumer(settings, f"f2p-reader-{uuid.uuid4().hex[:12]}")
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        if metadata.error is not None:
+            raise F2PError(f"cannot read topic {topic}: {metadata.error}")
+        numbers = partitions if partitions is not None else sorted(metadata.partitions)
+        starts = start_offsets or {}
+        assignment = [TopicPartition(topic, p, starts.get(p, 0)) for p in numbers]
+        ends = {
+            tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in assignment
+        }
+        todo = [tp for tp in assignment if ends[tp.partition] > max(tp.offset, 0)]
+        if not todo:
+            return
+        consumer.assign(todo)
+        deadline = time.monotonic() + timeout_s
+        remaining = {tp.partition for tp in todo}
+        while remaining:
+            if time.monotonic() > deadline:
+                raise ReadTimeout(
+                    f"{topic}: end not reached in {timeout_s:.0f} s; partitions {sorted(remaining)}"
+                )
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None and msg.offset() < ends[msg.partition()]:
+                yield msg
+            positions = consumer.position([TopicPartition(topic, p) for p in remaining])
+            remaining = {tp.partition for tp in positions if tp.offset < ends[tp.partition]}
+    finally:
+        consumer.close()

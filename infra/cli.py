@@ -1,0 +1,128 @@
+"""``f2p stack …`` and ``f2p topics …``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from infra.stack.config import load_stack_config
+from infra.stack.launcher import stack_down, stack_status, stack_up
+from infra.topics import apply_topics, describe_configs, load_topic_specs
+
+
+@click.group("stack")
+def stack_group() -> None:
+    """The embedded local stack: Kafka (KRaft), SeaweedFS S3, Apicurio Registry.
+
+    State lives in $F2P_STACK_DIR (default: <repo>/.stack); ports are set by F2P_STACK_<NAME>_PORT
+    (KAFKA, KAFKA_CONTROLLER, S3, REGISTRY, REGISTRY_MANAGEMENT, SEAWEED_*).
+    """
+
+
+@stack_group.command("up")
+def stack_up_cmd() -> None:
+    """Start whatever is not running yet and wait until every component is ready."""
+    started = time.monotonic()
+    report = stack_up(load_stack_config())
+    for name, action in report.actions.items():
+        ready = report.ready_after_s.get(name)
+        click.echo(f"{name:9} {action}" + (f" (ready after {ready:.1f} s)" if ready else ""))
+    status = stack_status(load_stack_config(), probe=False)
+    click.echo(f"bootstrap servers: {status['bootstrap_servers']}")
+    click.echo(f"S3 endpoint:       {status['s3']['endpoint_url']}")
+    click.echo(f"schema registry:   {status['registry_url']}")
+    click.echo(f"stack up in {time.monotonic() - started:.1f} s")
+
+
+@stack_group.command("down")
+@click.option("--purge", is_flag=True, help="Also delete Kafka logs and S3 data.")
+def stack_down_cmd(purge: bool) -> None:
+    """Stop exactly the processes `up` started."""
+    stopped = stack_down(load_stack_config(), purge=purge)
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@stack_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stack_status_cmd(as_json: bool) -> None:
+    """Endpoints, credentials and health of each component (exit code 1 when unhealthy)."""
+    status = stack_status(load_stack_config())
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    else:
+        for name, comp in status["components"].items():
+            health = "healthy" if comp["healthy"] else "NOT healthy"
+            click.echo(f"{name:9} {comp['state']:20} {health:12} {comp.get('endpoint', '')}")
+    raise SystemExit(0 if status["healthy"] else 1)
+
+
+@click.group("topics")
+def topics_group() -> None:
+    """Topics as code (infra/topics.toml)."""
+
+
+_profile = click.option("--profile", default=None, help="Spec profile, e.g. production.")
+_suffix = click.option("--suffix", default="", help="Append to every topic name (test isolation).")
+
+
+@topics_group.command("apply")
+@_profile
+@_suffix
+@click.option("--raise-partitions", is_flag=True, help="Add partitions where the spec has more.")
+@click.option("--alter-configs", is_flag=True, help="Set topic configs that drifted from the spec.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+def topics_apply_cmd(
+    profile: str | None, suffix: str, raise_partitions: bool, alter_configs: bool, dry_run: bool
+) -> None:
+    """Create missing topics, report drift; idempotent."""
+    from connectors.kafka import make_admin
+    from connectors.settings import load_settings
+
+    admin = make_admin(load_settings())
+    report = apply_topics(
+        admin,
+        load_topic_specs(profile=profile, suffix=suffix),
+        raise_partitions=raise_partitions,
+        alter_configs=alter_configs,
+        dry_run=dry_run,
+    )
+    prefix = "would be " if dry_run else ""
+    for name in report.created:
+        click.echo(f"{prefix}created            {name}")
+    for name in report.partitions_raised:
+        click.echo(f"{prefix}partitions raised  {name}")
+    for name in report.configs_altered:
+        click.echo(f"{prefix}configs altered    {name}")
+    for name in report.unchanged:
+        click.echo(f"unchanged          {name}")
+    for d in report.drift:
+        click.echo(f"DRIFT {d.topic}: {d.setting} spec={d.spec} broker={d.actual}")
+    if not report.changed:
+        click.echo("nothing to change")
+
+
+@topics_group.command("list")
+@_profile
+@_suffix
+def topics_list_cmd(profile: str | None, suffix: str) -> None:
+    """Each spec'd topic: partitions and key configs in the spec vs on the broker."""
+    from connectors.kafka import make_admin
+    from connectors.settings import load_settings
+
+    admin = make_admin(load_settings())
+    specs = load_topic_specs(profile=profile, suffix=suffix)
+    metadata = admin.list_topics(timeout=30)
+    present = [s.name for s in specs if s.name in metadata.topics]
+    configs = describe_configs(admin, present)
+    click.echo(f"{'topic':32} {'partitions':>14}  cleanup.policy      retention.ms")
+    for spec in specs:
+        if spec.name not in metadata.topics:
+            click.echo(f"{spec.name:32} {spec.partitions:>5} / absent")
+            continue
+        actual = configs[spec.name]
+        parts = len(metadata.topics[spec.name].partitions)
+        policy = f"{spec.config.get('cleanup.policy', 'delete')}/{actual.get('cleanup.policy')}"
+        retention = f"{spec.config.get('retention.ms')}/{actual.get('retention.ms')}"
+        click.echo(f"{spec.name:32} {spec.partitions:>5} / {parts:<6}  {policy:18}  {retention}")

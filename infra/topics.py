@@ -1,0 +1,232 @@
+"""Topics as code: load ``infra/topics.toml`` and make the broker match it.
+
+``apply_topics`` creates missing topics, raises partition counts when asked (Kafka cannot lower
+them), optionally aligns drifted configs, and otherwise only reports drift. Running it twice
+changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
+
+from f2p_errors import ConfigError, F2PError
+
+TOPICS_FILE = Path(__file__).with_name("topics.toml")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic as declared: name, partitions, replication and topic-level configs."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str]
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A difference between the spec and the broker that ``apply`` did not (or could not) fix."""
+
+    topic: str
+    setting: str
+    spec: str
+    actual: str
+
+
+@dataclass
+class ApplyReport:
+    """What ``apply_topics`` did."""
+
+    created: list[str] = field(default_factory=list)
+    partitions_raised: list[str] = field(default_factory=list)
+    configs_altered: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    drift: list[Drift] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.partitions_raised or self.configs_altered)
+
+
+class TopicApplyError(F2PError):
+    """The broker refused to create or change a topic."""
+
+
+def load_topic_specs(
+    path: Path = TOPICS_FILE, *, profile: str | None = None, suffix: str = ""
+) -> list[TopicSpec]:
+    """Parse the spec file; ``profile`` overlays e.g. production replication, ``suffix`` is
+    appended to every name (tests use it to get a private set of topics)."""
+    raw = tomllib.loads(path.read_text())
+    defaults = raw.get("defaults", {})
+    replication = defaults.get("replication_factor", 1)
+    base_config = dict(defaults.get("config", {}))
+    if profile is not None:
+        overlay = raw.get("profiles", {}).get(profile)
+        if overlay is None:
+            known = ", ".join(raw.get("profiles", {})) or "none"
+            raise ConfigError(f"topics profile {profile!r} is not defined (known: {known})")
+        replication = overlay.get("replication_factor", replication)
+        base_config.update(overlay.get("config", {}))
+    specs = []
+    for name, body in raw.get("topics", {}).items():
+        partitions = body.get("partitions")
+        if not isinstance(partitions, int) or partitions < 1:
+            raise ConfigError(f"{path}: topics.{name}.partitions must be a positive integer")
+        config = {**base_config, **{k: str(v) for k, v in body.get("config", {}).items()}}
+        specs.append(
+            TopicSpec(
+                name=name + suffix,
+                partitions=partitions,
+                replication_factor=body.get("replication_factor", replication),
+                config=config,
+                doc=body.get("doc", ""),
+            )
+        )
+    return specs
+
+
+def apply_topics(
+    admin: AdminClient,
+    specs: list[TopicSpec],
+    *,
+    raise_partitions: bool = False,
+    alter_configs: bool = False,
+    dry_run: bool = False,
+    timeout_s: float = 30.0,
+) -> ApplyReport:
+    """Make the broker match ``specs`` as far as asked; return what changed and what drifts."""
+    report = ApplyReport()
+    metadata = admin.list_topics(timeout=timeout_s)
+    missing = [s for s in specs if s.name not in metadata.topics]
+    existing = [s for s in specs if s.name in metadata.topics]
+
+    if missing and not dry_run:
+        new_topics = [
+            NewTopic(s.name, s.partitions, s.replication_factor, config=s.config) for s in missing
+        ]
+        for name, future in admin.create_topics(new_topics, request_timeout=timeout_s).items():
+            try:
+                future.result()
+                report.created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent apply won
+                    raise TopicApplyError(f"creating topic {name} failed: {exc}") from exc
+        wait_for_topics(admin, report.created, timeout_s)
+    elif dry_run:
+        report.created = [s.name for s in missing]
+
+    actual_configs = describe_configs(admin, [s.name for s in existing], timeout_s)
+    for spec in existing:
+        changed = False
+        partitions = len(metadata.topics[spec.name].partitions)
+        if partitions < spec.partitions and raise_partitions:
+            if not dry_run:
+                _raise_partitions(admin, spec, timeout_s)
+            report.partitions_raised.append(spec.name)
+            changed = True
+        elif partitions != spec.partitions:
+            report.drift.append(
+                Drift(spec.name, "partitions", str(spec.partitions), str(partitions))
+            )
+        config_drift = [
+            Drift(spec.name, key, value, actual_configs[spec.name].get(key, "<unset>"))
+            for key, value in spec.config.items()
+            if actual_configs[spec.name].get(key) != value
+        ]
+        if config_drift and alter_configs:
+            if not dry_run:
+                _alter_configs(admin, spec, config_drift, timeout_s)
+            report.configs_altered.append(spec.name)
+            changed = True
+        else:
+            report.drift.extend(config_drift)
+        if not changed:
+            report.unchanged.append(spec.name)
+    return report
+
+
+def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Block until every topic in ``names`` is in the broker's metadata with leaders.
+
+    CreateTopics returns before the new topics reach the metadata cache; a client that produces
+    (or an ``apply`` that lists topics) right away could otherwise miss them.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        pending = {
+            n
+            for n in pending
+            if n not in topics
+            or topics[n].error is not None
+            or any(p.leader < 0 for p in topics[n].partitions.values())
+        }
+        if pending and time.monotonic() > deadline:
+            raise TopicApplyError(f"topics not visible after {timeout_s:.0f} s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.05)
+
+
+def describe_configs(
+    admin: AdminClient, topics: list[str], timeout_s: float = 30.0
+) -> dict[str, dict[str, str]]:
+    """Topic-level config values as the broker reports them, by topic name."""
+    if not topics:
+        return {}
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
+    result = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
+        entries = future.result()
+        result[resource.name] = {k: e.value for k, e in entries.items() if e.value is not None}
+    return result
+
+
+def _raise_partitions(admin: AdminClient, spec: TopicSpec, timeout_s: float) -> None:
+    futures = admin.create_partitions(
+        [NewPartitions(spec.name, spec.partitions)], request_timeout=timeout_s
+    )
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise TopicApplyError(f"raising partitions of {name} failed: {exc}") from exc
+
+
+def _alter_configs(admin: AdminClient, spec: TopicSpec, drift: list[Drift], timeout_s: float):
+    entries = [
+        ConfigEntry(d.setting, d.spec, incremental_operation=AlterConfigOpType.SET) for d in drift
+    ]
+    resource = ConfigResource(ResourceType.TOPIC, spec.name, incremental_configs=entries)
+    for name, future in admin.incremental_alter_configs([resource]).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            raise TopicApplyError(f"altering configs of {name} failed: {exc}") from exc
+
+
+def create_topic(
+    admin: AdminClient, name: str, partitions: int = 1, config: dict[str, str] | None = None
+) -> str:
+    """Create one topic (replication 1) and wait until it exists; for tests and tools."""
+    future = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name]
+    future.result()
+    wait_for_topics(admin, [name])
+    return name

@@ -1,0 +1,77 @@
+"""Topics as code against the real broker: create, idempotence, drift, partition increase."""
+
+from __future__ import annotations
+
+import pytest
+
+from f2p_errors import ConfigError
+from infra.topics import apply_topics, describe_configs, load_topic_specs
+
+
+def test_spec_declares_every_pipeline_topic() -> None:
+    names = {s.name for s in load_topic_specs()}
+    assert {
+        "f2p.requests.interactive",
+        "f2p.requests.batch",
+        "f2p.results.v1",
+        "f2p.retry.v1",
+        "f2p.dlq.v1",
+        "f2p.dedupe.v1",
+        "f2p.analytics.v1",
+    } <= names
+    dedupe = next(s for s in load_topic_specs() if s.name == "f2p.dedupe.v1")
+    assert dedupe.config["cleanup.policy"] == "compact"
+
+
+def test_production_profile_overlays_replication() -> None:
+    spec = load_topic_specs(profile="production")[0]
+    assert spec.replication_factor == 3
+    assert spec.config["min.insync.replicas"] == "2"
+    with pytest.raises(ConfigError, match="nope"):
+        load_topic_specs(profile="nope")
+
+
+@pytest.mark.integration
+def test_apply_twice_changes_nothing_the_second_time(admin, unique_name) -> None:
+    specs = load_topic_specs(suffix="." + unique_name("t"))
+    first = apply_topics(admin, specs)
+    assert sorted(first.created) == sorted(s.name for s in specs)
+
+    second = apply_topics(admin, specs)
+    assert not second.changed
+    assert second.created == []
+    assert sorted(second.unchanged) == sorted(s.name for s in specs)
+    assert second.drift == []
+
+    configs = describe_configs(admin, [s.name for s in specs])
+    for spec in specs:
+        for key, value in spec.config.items():
+            assert configs[spec.name][key] == value, (spec.name, key)
+
+
+@pytest.mark.integration
+def test_drift_is_reported_then_partitions_raised_when_asked(admin, unique_name) -> None:
+    specs = load_topic_specs(suffix="." + unique_name("t"))
+    apply_topics(admin, specs)
+    results = next(s for s in specs if s.name.startswith("f2p.results.v1"))
+    grown = [
+        type(s)(
+            s.name, s.partitions + 2, s.replication_factor, {**s.config, "retention.ms": "1000"}
+        )
+        if s is results
+        else s
+        for s in specs
+    ]
+
+    report = apply_topics(admin, grown)
+    assert not report.changed
+    settings = {(d.topic, d.setting) for d in report.drift}
+    assert (results.name, "partitions") in settings
+    assert (results.name, "retention.ms") in settings
+
+    fixed = apply_topics(admin, grown, raise_partitions=True, alter_configs=True)
+    assert fixed.partitions_raised == [results.name]
+    assert fixed.configs_altered == [results.name]
+    metadata = admin.list_topics(results.name, timeout=10)
+    assert len(metadata.topics[results.name].partitions) == results.partitions + 2
+    assert apply_topics(admin, grown).drift == []
