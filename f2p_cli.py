@@ -40,7 +40,7 @@ def _add_optional_groups() -> None:
     from connectors.cli import publish_cmd, replay_cmd, results_cmd
     from inference_consumer.cli import demo_cmd, worker_cmd
 
-    from schemas.cli import schemas_group
+    from schemas.cli import schemas as schemas_group
 
     for command in (schemas_group, publish_cmd, results_cmd, replay_cmd, worker_cmd, demo_cmd):
         cli.add_command(command)
