@@ -39,6 +39,9 @@ def producer_config(settings: Settings, client_id: str = "f2p-producer") -> dict
         **common_config(settings, client_id),
         "enable.idempotence": True,
         "acks": "all",
+        # The Java client's partitioner: a key lands on the same partition whichever client
+        # (Java, faust/aiokafka, librdkafka) produced it.
+        "partitioner": "murmur2_random",
         # Wait up to 5 ms to fill batches: ~free latency, far fewer requests at 1k msg/s.
         "linger.ms": 5,
         "batch.size": 256 * 1024,

@@ -1,0 +1,116 @@
+"""The worker's configuration: one frozen object built at the entry point from flags and env.
+
+Every field has an ``F2P_WORKER_*`` variable (upper-cased field name) and a default that works
+on the embedded stack. Kafka timing defaults are chosen for fast failover (see comments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from f2p_errors import ConfigError
+from schemas.records import ImageFormat
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried: in place first, then through the retry topic."""
+
+    # In place (same worker, same transaction window): quick blips of S3 or the broker.
+    in_place_attempts: int = 3
+    in_place_backoff_s: float = 0.25
+    # Through f2p.retry.v1: attempt n waits retry_backoff_s * 2**(n-1) before it is redone.
+    max_attempts: int = 5
+    retry_backoff_s: float = 2.0
+    max_retry_backoff_s: float = 30.0
+
+    def retry_delay_s(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1`` when ``attempt`` failed transiently."""
+        return min(self.retry_backoff_s * 2 ** (attempt - 1), self.max_retry_backoff_s)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of one worker process (one GPU)."""
+
+    worker_id: str = field(default_factory=lambda: f"worker-{socket.gethostname()}")
+    group_id: str = "f2p-workers"
+    # Batching: up to max_batch_size compatible requests, waiting at most max_batch_wait_ms
+    # after the first one arrives.
+    max_batch_wait_ms: int = 20
+    # In-flight bound (polled but not yet committed); partitions are paused above it and
+    # resumed below half of it. A few batches' worth keeps the engine fed without hoarding.
+    max_in_flight: int = 64
+    prefetch_threads: int = 4
+    upload_threads: int = 4
+    output_format: ImageFormat = ImageFormat.WEBP
+    # Commit completed outcomes at least this often (one transaction per commit).
+    commit_interval_ms: int = 20
+    # kill -9 is detected after session_timeout_ms; transactions of a dead worker are aborted
+    # by the coordinator after transaction_timeout_ms. Both bound failover time.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    transaction_timeout_ms: int = 6000
+    # KIP-345 static membership: a restarted worker gets its partitions back without a rebalance.
+    static_membership: bool = True
+    shutdown_timeout_s: float = 30.0
+    metrics_port: int = 0  # 0: no HTTP server
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Lanes served; the interactive lane first. None: both lanes from Settings.topics.
+    lanes: tuple[str, ...] | None = None
+    serve_retry_topic: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> WorkerConfig:
+        """Defaults < ``F2P_WORKER_<FIELD>`` variables < ``overrides`` (CLI flags)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = os.environ.get(f"F2P_WORKER_{f.name.upper()}")
+            if raw is not None and f.name not in ("retry", "lanes"):
+                values[f.name] = _parse(f"F2P_WORKER_{f.name.upper()}", raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field that is out of range."""
+        positive = (
+            "max_in_flight",
+            "prefetch_threads",
+            "upload_threads",
+            "commit_interval_ms",
+            "session_timeout_ms",
+            "transaction_timeout_ms",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"worker {name} must be positive, got {getattr(self, name)}")
+        if self.max_batch_wait_ms < 0:
+            raise ConfigError("worker max_batch_wait_ms must be >= 0")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ConfigError("worker heartbeat_interval_ms must be <= session_timeout_ms / 3")
+        if not self.worker_id or len(self.worker_id) > 200:
+            raise ConfigError("worker worker_id must be 1..200 characters")
+
+
+def _parse(name: str, raw: str, type_: Any) -> Any:
+    kind = str(type_)
+    try:
+        if "bool" in kind:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if "int" in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+        if "ImageFormat" in kind:
+            return ImageFormat(raw.upper())
+    except ValueError:
+        raise ConfigError(f"{name}: cannot parse {raw!r} as {kind}") from None
+    return raw

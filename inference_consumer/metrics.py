@@ -1,0 +1,139 @@
+"""Prometheus metrics of a worker, and its /metrics, /healthz and /readyz HTTP endpoints.
+
+Each worker has its own ``CollectorRegistry`` so several workers can live in one process (tests,
+benchmarks). GPU utilisation is exported when NVML (``pynvml``) is importable and finds a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class WorkerMetrics:
+    """The worker's instruments (names prefixed ``f2p_worker_``)."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.end_to_end_seconds = Histogram(
+            "f2p_worker_end_to_end_seconds",
+            "Submit to committed result, by status",
+            ["status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "f2p_worker_queue_wait_seconds",
+            "Arrival at the worker to engine start",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.engine_seconds = Histogram(
+            "f2p_worker_engine_seconds",
+            "Wall time of one engine.generate call",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "f2p_worker_batch_size",
+            "Requests per engine call",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+            registry=r,
+        )
+        self.results = Counter(
+            "f2p_worker_results", "Committed outcomes by status", ["status"], registry=r
+        )
+        self.errors = Counter(
+            "f2p_worker_errors", "Failures by machine-readable reason", ["reason"], registry=r
+        )
+        self.transactions = Counter(
+            "f2p_worker_transactions", "Transactions by outcome", ["outcome"], registry=r
+        )
+        self.in_flight = Gauge("f2p_worker_in_flight", "Polled, not yet committed", registry=r)
+        self.paused_partitions = Gauge(
+            "f2p_worker_paused_partitions", "Partitions paused by backpressure", registry=r
+        )
+        self.assigned_partitions = Gauge(
+            "f2p_worker_assigned_partitions", "Partitions currently assigned", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "f2p_worker_consumer_lag", "High watermark minus position, summed", registry=r
+        )
+        self.gpu_utilisation = Gauge(
+            "f2p_worker_gpu_utilisation_ratio", "NVML GPU utilisation (0..1)", ["gpu"], registry=r
+        )
+        self.worker_id = worker_id
+
+    def sample_gpu(self) -> None:
+        """Read NVML utilisation when available; silently absent on CPU-only machines."""
+        try:
+            import pynvml  # type: ignore[import-not-found]
+
+            pynvml.nvmlInit()
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                self.gpu_utilisation.labels(gpu=str(index)).set(rates.gpu / 100)
+        except Exception:  # no pynvml, no driver, no GPU: nothing to report
+            return
+
+
+class HealthServer:
+    """Serves /metrics, /healthz (process alive, loop turning) and /readyz (assigned & serving)."""
+
+    def __init__(
+        self,
+        port: int,
+        metrics: WorkerMetrics,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    metrics.sample_gpu()
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif self.path.startswith("/healthz"):
+                    ok = healthy()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+                elif self.path.startswith("/readyz"):
+                    ok = ready()
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:  # keep scrapes out of the log
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="health-http", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+        log.info("metrics and health on http://127.0.0.1:%d", self.port)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
