@@ -6,7 +6,6 @@ message and exits 1 with no traceback; anything else is a bug and keeps its trac
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -34,27 +33,35 @@ cli.add_command(stack_group)
 cli.add_command(topics_group)
 
 
-def _add_optional_groups() -> None:
-    """Subcommands of packages with heavier imports, loaded here so `f2p stack` stays fast."""
-    from benchmarks.cli import bench_cmd
-    from connectors.cli import publish_cmd, replay_cmd, results_cmd
-    from inference_consumer.cli import demo_cmd, worker_cmd
+# (module, attribute) of every subcommand outside infra; imported lazily so `f2p stack` does not
+# pay for torch and diffusers.
+_COMMANDS = (
+    ("schemas.cli", "schemas"),
+    ("connectors.cli", "publish_cmd"),
+    ("connectors.cli", "results_cmd"),
+    ("connectors.cli", "replay_cmd"),
+    ("inference_consumer.cli", "worker_cmd"),
+    ("inference_consumer.cli", "demo_cmd"),
+    ("benchmarks.cli", "bench_cmd"),
+)
 
-    from schemas.cli import schemas as schemas_group
 
-    for command in (schemas_group, publish_cmd, results_cmd, replay_cmd, worker_cmd, demo_cmd):
-        cli.add_command(command)
-    cli.add_command(bench_cmd)
+def _add_commands() -> None:
+    import importlib
+
+    for module_name, attribute in _COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # a missing dependency is a real error
+                raise
+            continue  # TODO(lead): remove once every command module exists
+        cli.add_command(getattr(module, attribute))
 
 
 def main() -> None:
     """Console entry point."""
-    try:
-        _add_optional_groups()
-    except ImportError as exc:  # a package still under construction must not break `f2p stack`
-        if os.environ.get("F2P_STRICT_IMPORTS"):
-            raise
-        logging.getLogger(__name__).debug("optional commands unavailable: %s", exc)
+    _add_commands()
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
@@ -65,8 +72,6 @@ def main() -> None:
     except F2PError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except SystemExit:
-        raise
 
 
 if __name__ == "__main__":
