@@ -62,5 +62,5 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     root.setLevel(level)
     # librdkafka's own chatter (connection refused while a broker restarts) is for debugging.
     logging.getLogger("librdkafka").setLevel(max(logging.WARNING, root.level))
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
