@@ -1,0 +1,30 @@
+"""Errors raised by inference engines.
+
+The worker sorts them into its bins: ``EngineInputError`` is permanent for that request (a FAILED
+result with ``.code``), ``EngineTransientError`` is retried later, and any other ``EngineError``
+is a failure of the engine itself (logged with its cause; the worker decides whether to retry).
+"""
+
+from __future__ import annotations
+
+from f2p_errors import F2PError, InvalidInput
+
+
+class EngineError(F2PError):
+    """An engine failed to load or to generate."""
+
+
+class EngineLoadError(EngineError):
+    """The model, its LoRA adapters or its device could not be loaded; the message says which."""
+
+
+class EngineInputError(EngineError, InvalidInput):
+    """The request cannot be served by this engine (e.g. a size it cannot make): permanent.
+
+    Also an ``InvalidInput``, so it carries ``field`` (``params.width``), ``reason`` and the
+    machine-readable ``code`` (``UNSUPPORTED_SIZE``, ``INVALID_PARAMETER``, ``INVALID_FACE``).
+    """
+
+
+class EngineTransientError(EngineError):
+    """The request may succeed if retried later (e.g. the accelerator ran out of memory)."""
