@@ -288,7 +288,7 @@ class Worker:
                 the producer first, then rewind.
         """
         # Step 1.
-        batch = CommitBatch(outcomes=self.pending, offsets=self.offsets.committable())
+        batch = CommitBatch(outcomes=self.pending, offsets=self._offsets_to_send())
         self._last_commit = time.monotonic()
         if not batch.outcomes and not batch.offsets:
             return
@@ -311,6 +311,23 @@ class Worker:
             self.offsets.get(topic, partition).committed(offset)
         self.metrics.transactions.labels(outcome="committed").inc()
         self._record_committed(batch.outcomes)
+
+    def _offsets_to_send(self) -> dict[TP, int]:
+        """Committable offsets, plus the unchanged commit point of every partition that has an
+        outcome in this transaction.
+
+        Re-sending an unchanged offset is harmless and makes the group coordinator check our
+        generation for that partition (KIP-447): a zombie that lost the partition cannot commit
+        an out-of-order result for it, because its whole transaction fails.
+        """
+        offsets = self.offsets.committable()
+        for outcome in self.pending:
+            key = (outcome.item.topic, outcome.item.partition)
+            if key not in offsets:
+                base = self.offsets.get(*key).base
+                if base is not None:
+                    offsets[key] = base
+        return offsets
 
     def _record_committed(self, outcomes: list[Outcome]) -> None:
         now = time.time()
