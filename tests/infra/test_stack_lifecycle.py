@@ -22,8 +22,8 @@ from infra.stack.state import read_state
 
 pytestmark = pytest.mark.integration
 
-# Every default port + 200: distinct from the session stack's ports.
-OFFSET_PORTS = StackPorts(**{k: v + 200 for k, v in StackPorts().__dict__.items()})
+# Every port of the session's stack + 200 (SeaweedFS gRPC ports are +10000, still distinct).
+OFFSET_PORTS = StackPorts(**{k: v + 200 for k, v in load_stack_config().ports.__dict__.items()})
 
 
 @pytest.fixture
