@@ -162,8 +162,11 @@ def apply_topics(
     return report
 
 
-def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
-    """Block until every topic in ``names`` is in the broker's metadata with leaders.
+def wait_for_topics(
+    admin: AdminClient, names: list[str], timeout_s: float = 30.0, *, partitions: int = 0
+) -> None:
+    """Block until every topic in ``names`` is in the broker's metadata with leaders (and at
+    least ``partitions`` partitions).
 
     CreateTopics returns before the new topics reach the metadata cache; a client that produces
     (or an ``apply`` that lists topics) right away could otherwise miss them.
@@ -177,6 +180,7 @@ def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float = 30.
             for n in pending
             if n not in topics
             or topics[n].error is not None
+            or len(topics[n].partitions) < partitions
             or any(p.leader < 0 for p in topics[n].partitions.values())
         }
         if pending and time.monotonic() > deadline:
@@ -208,6 +212,7 @@ def _raise_partitions(admin: AdminClient, spec: TopicSpec, timeout_s: float) -> 
             future.result()
         except KafkaException as exc:
             raise TopicApplyError(f"raising partitions of {name} failed: {exc}") from exc
+    wait_for_topics(admin, [spec.name], timeout_s, partitions=spec.partitions)
 
 
 def _alter_configs(admin: AdminClient, spec: TopicSpec, drift: list[Drift], timeout_s: float):
