@@ -43,6 +43,7 @@ _COMMANDS = (
     ("inference_consumer.cli", "worker_cmd"),
     ("inference_consumer.cli", "demo_cmd"),
     ("benchmarks.cli", "bench_cmd"),
+    ("streams.cli", "streams_cmd"),
 )
 
 

@@ -1,0 +1,118 @@
+"""``f2p streams``: the stream processors (faust-streaming workers), run in this process.
+
+Mounted by ``f2p_cli`` as ``("streams.cli", "streams_cmd")``; also runnable on its own as
+``python -m streams.cli analytics ...``. Topic names come from the settings
+(``F2P_TOPIC_SUFFIX`` appends a suffix to every name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from f2p_errors import F2PError
+
+
+@click.group("streams")
+def streams_cmd() -> None:
+    """Stream processors: analytics over the results topic."""
+
+
+@streams_cmd.command("analytics")
+@click.option(
+    "--window-s", type=float, default=10.0, show_default=True, help="Tumbling window length."
+)
+@click.option(
+    "--grace-s",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Allowed lateness: a window closes this long after the watermark passed its end.",
+)
+@click.option(
+    "--idle-s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="A partition silent this long no longer holds the watermark back.",
+)
+@click.option(
+    "--duration-s",
+    type=float,
+    default=None,
+    help="Stop after this many seconds, startup included (tests, demos). Default: run until "
+    "SIGTERM/SIGINT.",
+)
+@click.option(
+    "--app-id", default=None, help="faust app id = consumer group. [default: f2p-analytics<suffix>]"
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="faust's local directory. [default: a temporary directory; the processor keeps no "
+    "local state]",
+)
+@click.option(
+    "--replication-factor",
+    type=int,
+    default=None,
+    help="Replication of faust's internal topics. [default: 1 on the embedded stack, else 3]",
+)
+def analytics_cmd(
+    window_s: float,
+    grace_s: float,
+    idle_s: float,
+    duration_s: float | None,
+    app_id: str | None,
+    data_dir: Path | None,
+    replication_factor: int | None,
+) -> None:
+    """Per-tenant windowed throughput, latency percentiles, error rates and GPU-seconds.
+
+    Reads the results topic (committed records only) and writes one JSON record per tenant and
+    window to the analytics topic. Prints the run's counters as JSON when it stops.
+    """
+    from connectors.settings import load_settings
+    from streams.analytics import AnalyticsConfig, run_analytics
+    from streams.windows import WindowPolicy
+
+    settings = load_settings()
+    policy = WindowPolicy(window_s=window_s, grace_s=grace_s, idle_s=idle_s)
+    with tempfile.TemporaryDirectory(prefix="f2p-streams-") as tmp:
+        config = AnalyticsConfig.from_settings(
+            settings,
+            policy=policy,
+            datadir=data_dir or Path(tmp),
+            app_id=app_id,
+            replication_factor=replication_factor,
+            duration_s=duration_s,
+        )
+        stats = run_analytics(settings, config)
+    click.echo(json.dumps(stats.as_dict()))
+
+
+def main() -> None:
+    """``python -m streams.cli``: the same command outside ``f2p``."""
+    from infra.logs import configure_logging
+
+    configure_logging(os.environ.get("F2P_LOG_LEVEL", "INFO").upper())
+    try:
+        streams_cmd(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except F2PError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
