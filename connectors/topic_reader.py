@@ -4,6 +4,11 @@ The end is the high watermark of each partition when reading starts. With
 ``isolation.level=read_committed`` librdkafka moves the position past transaction markers and
 aborted records, so "position >= high watermark on every partition" is an exact end condition:
 no idle-timeout guessing.
+
+The high watermark is queried with ``read_uncommitted``: asked by a read_committed consumer the
+broker answers with the last stable offset, which stops short of records committed after a
+still-open transaction (a crashed producer's, until the coordinator aborts it). Reading to the
+true end waits for such a transaction to be resolved and misses nothing committed before.
 """
 
 from __future__ import annotations
@@ -44,9 +49,7 @@ def read_to_end(
         numbers = partitions if partitions is not None else sorted(metadata.partitions)
         starts = start_offsets or {}
         assignment = [TopicPartition(topic, p, starts.get(p, 0)) for p in numbers]
-        ends = {
-            tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in assignment
-        }
+        ends = _high_watermarks(settings, assignment)
         todo = [tp for tp in assignment if ends[tp.partition] > max(tp.offset, 0)]
         if not todo:
             return
@@ -65,3 +68,14 @@ def read_to_end(
             remaining = {tp.partition for tp in positions if tp.offset < ends[tp.partition]}
     finally:
         consumer.close()
+
+
+def _high_watermarks(settings: Settings, partitions: list[TopicPartition]) -> dict[int, int]:
+    """The high watermark (not the last stable offset) of each partition."""
+    probe = make_consumer(
+        settings, f"f2p-reader-{uuid.uuid4().hex[:12]}", isolation_level="read_uncommitted"
+    )
+    try:
+        return {tp.partition: probe.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+    finally:
+        probe.close()

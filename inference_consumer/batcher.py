@@ -38,7 +38,9 @@ class RequestBatcher:
     def put(self, item: WorkItem, lane: str) -> None:
         """Queue an item; ``lane`` must be one of the configured lanes (unknown → last lane)."""
         with self._cond:
-            self._lanes.get(lane, self._lanes[self._order[-1]]).append((time.monotonic(), item))
+            queue = self._lanes.get(lane, self._lanes[self._order[-1]])
+            # The key is computed once here: next_batch scans the queue on every wake-up.
+            queue.append((time.monotonic(), self._batch_key(item), item))
             self._cond.notify()
 
     def close(self) -> None:
@@ -58,9 +60,9 @@ class RequestBatcher:
             for lane, queue in self._lanes.items():
                 kept = deque()
                 for entry in queue:
-                    (kept if keep(entry[1]) else dropped).append(entry)
+                    (kept if keep(entry[2]) else dropped).append(entry)
                 self._lanes[lane] = kept
-        return [entry[1] for entry in dropped]
+        return [entry[2] for entry in dropped]
 
     def next_batch(self, timeout_s: float = 0.5) -> list[WorkItem]:
         """Block up to ``timeout_s`` for work; return one batch (possibly []) of equal keys."""
@@ -72,8 +74,7 @@ class RequestBatcher:
                     return []
                 self._cond.wait(remaining)
             lane = next(q for q in (self._lanes[name] for name in self._order) if q)
-            first_at, first = lane[0]
-            key = self._batch_key(first)
+            first_at, key, _ = lane[0]
             # Wait for companions until the batch is full or the oldest item waited long enough.
             while self._count(key) < self._max_batch_size and not self._closed:
                 remaining = first_at + self._max_wait_s - time.monotonic()
@@ -83,7 +84,7 @@ class RequestBatcher:
             return self._take(key)
 
     def _count(self, key: Hashable) -> int:
-        return sum(1 for q in self._lanes.values() for _, item in q if self._batch_key(item) == key)
+        return sum(1 for q in self._lanes.values() for _, k, _ in q if k == key)
 
     def _take(self, key: Hashable) -> list[WorkItem]:
         batch: list[WorkItem] = []
@@ -92,8 +93,8 @@ class RequestBatcher:
             kept = deque()
             while queue:
                 entry = queue.popleft()
-                if len(batch) < self._max_batch_size and self._batch_key(entry[1]) == key:
-                    batch.append(entry[1])
+                if len(batch) < self._max_batch_size and entry[1] == key:
+                    batch.append(entry[2])
                 else:
                     kept.append(entry)
             self._lanes[name] = kept

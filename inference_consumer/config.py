@@ -1,13 +1,15 @@
 """The worker's configuration: one frozen object built at the entry point from flags and env.
 
 Every field has an ``F2P_WORKER_*`` variable (upper-cased field name) and a default that works
-on the embedded stack. Kafka timing defaults are chosen for fast failover (see comments).
+on the embedded stack; the retry policy's fields have ``F2P_WORKER_RETRY_*`` variables
+(``RETRY_VARIABLES``). Kafka timing defaults are chosen for fast failover (see comments).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +61,8 @@ class WorkerConfig:
     static_membership: bool = True
     shutdown_timeout_s: float = 30.0
     metrics_port: int = 0  # 0: no HTTP server
+    # Loopback by default; 0.0.0.0 in a container, where probes and Prometheus come from outside.
+    metrics_host: str = "127.0.0.1"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # Lanes served; the interactive lane first. None: both lanes from Settings.topics.
     lanes: tuple[str, ...] | None = None
@@ -72,30 +76,74 @@ class WorkerConfig:
             raw = os.environ.get(f"F2P_WORKER_{f.name.upper()}")
             if raw is not None and f.name not in ("retry", "lanes"):
                 values[f.name] = _parse(f"F2P_WORKER_{f.name.upper()}", raw, f.type)
+        retry = {
+            f.name: _parse(RETRY_VARIABLES[f.name], os.environ[RETRY_VARIABLES[f.name]], f.type)
+            for f in dataclasses.fields(RetryPolicy)
+            if RETRY_VARIABLES[f.name] in os.environ
+        }
+        if retry:
+            values["retry"] = RetryPolicy(**retry)
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)
         config.validate()
         return config
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first field that is out of range."""
+        """Raise ConfigError naming the first field (and its variable) that is out of range."""
+
+        def fail(name: str, expectation: str) -> ConfigError:
+            return ConfigError(
+                f"worker {name} ({_variable(name)}) must be {expectation}, "
+                f"got {getattr(self, name)!r}"
+            )
+
         positive = (
             "max_in_flight",
             "prefetch_threads",
             "upload_threads",
             "commit_interval_ms",
             "session_timeout_ms",
+            "heartbeat_interval_ms",
             "transaction_timeout_ms",
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"worker {name} must be positive, got {getattr(self, name)}")
+                raise fail(name, "positive")
         if self.max_batch_wait_ms < 0:
-            raise ConfigError("worker max_batch_wait_ms must be >= 0")
+            raise fail("max_batch_wait_ms", ">= 0")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
-            raise ConfigError("worker heartbeat_interval_ms must be <= session_timeout_ms / 3")
-        if not self.worker_id or len(self.worker_id) > 200:
-            raise ConfigError("worker worker_id must be 1..200 characters")
+            raise fail("heartbeat_interval_ms", "<= session_timeout_ms / 3")
+        if self.shutdown_timeout_s < 0:
+            raise fail("shutdown_timeout_s", ">= 0")
+        if not 0 <= self.metrics_port <= 65535:
+            raise fail("metrics_port", "a TCP port (0 for none)")
+        # It is the group.instance.id and part of the transactional.id: Kafka's legal characters.
+        if not isinstance(self.worker_id, str) or not _WORKER_ID.fullmatch(self.worker_id):
+            raise fail("worker_id", "1..200 characters of A-Z a-z 0-9 . _ -")
+        retry = self.retry
+        if retry.in_place_attempts < 1 or retry.max_attempts < 1:
+            raise ConfigError(
+                "worker retry.in_place_attempts and retry.max_attempts must be >= 1, got "
+                f"{retry.in_place_attempts} and {retry.max_attempts}"
+            )
+        if retry.in_place_backoff_s < 0 or retry.retry_backoff_s < 0:
+            raise ConfigError("worker retry backoffs must be >= 0")
+
+
+_WORKER_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+# RetryPolicy field -> environment variable.
+RETRY_VARIABLES = {
+    "in_place_attempts": "F2P_WORKER_RETRY_IN_PLACE_ATTEMPTS",
+    "in_place_backoff_s": "F2P_WORKER_RETRY_IN_PLACE_BACKOFF_S",
+    "max_attempts": "F2P_WORKER_RETRY_MAX_ATTEMPTS",
+    "retry_backoff_s": "F2P_WORKER_RETRY_BACKOFF_S",
+    "max_retry_backoff_s": "F2P_WORKER_RETRY_MAX_BACKOFF_S",
+}
+
+
+def _variable(name: str) -> str:
+    return f"F2P_WORKER_{name.upper()}"
 
 
 def _parse(name: str, raw: str, type_: Any) -> Any:

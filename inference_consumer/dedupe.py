@@ -11,7 +11,10 @@ partition (requests are keyed by request_id, so a request_id always lands in the
 number of a lane). When a partition is assigned, its changelog partition is read to the end with
 ``read_committed`` — after the previous owner's transactions are resolved — and loaded here.
 
-Scope: per lane. The same request_id published to both lanes is not deduplicated across them.
+Scope: per lane. The same request_id published to both lanes is not deduplicated across them,
+except after a retry: the changelog is keyed by request_id alone, so compaction replaces a
+lane's RETRY entry by the final entry written from the retry topic, and a restore counts that
+final entry for the lanes of its partition too.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class DedupeState:
         for topic, p in keys:
             wanted[p].add(topic)
             self.committed[(topic, p)] = set()
+        lanes = set(settings.topics.request_lanes)
         loaded = 0
         for msg in read_to_end(
             settings, settings.topics.dedupe, partitions=sorted(wanted), timeout_s=timeout_s
@@ -91,8 +95,13 @@ class DedupeState:
             if msg.value() is None:  # a tombstone: the entry was expired on purpose
                 continue
             entry = DedupeEntry.from_bytes(msg.value())
-            if entry.source_topic in wanted[msg.partition()]:
-                self.committed[(entry.source_topic, msg.partition())].add(msg.key().decode())
+            sources = {entry.source_topic}
+            if entry.source_topic == settings.topics.retry:
+                # Compaction keeps one record per request_id: the final outcome of a retry
+                # replaces the lane's RETRY entry, which must still hold after compaction.
+                sources |= lanes
+            for source in sources & wanted[msg.partition()]:
+                self.committed[(source, msg.partition())].add(msg.key().decode())
                 loaded += 1
         log.info("dedupe state restored", extra={"partitions": keys, "entries": loaded})
         return loaded

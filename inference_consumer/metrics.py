@@ -97,6 +97,8 @@ class HealthServer:
         metrics: WorkerMetrics,
         healthy: Callable[[], bool],
         ready: Callable[[], bool],
+        *,
+        host: str = "127.0.0.1",
     ) -> None:
         registry = metrics.registry
 
@@ -124,7 +126,7 @@ class HealthServer:
             def log_message(self, *args: object) -> None:  # keep scrapes out of the log
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="health-http", daemon=True
@@ -132,7 +134,8 @@ class HealthServer:
 
     def start(self) -> None:
         self.thread.start()
-        log.info("metrics and health on http://127.0.0.1:%d", self.port)
+        host = self.server.server_address[0]
+        log.info("metrics and health on http://%s:%d", host, self.port)
 
     def stop(self) -> None:
         self.server.shutdown()

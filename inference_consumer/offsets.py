@@ -1,8 +1,14 @@
-"""Per-partition bookkeeping of polled offsets: which are in flight, which are done.
+"""Per-partition bookkeeping of polled offsets: which are in flight, where the commit point is.
 
 Work completes out of order (batches, retries, expired requests), but a partition's committed
 offset may only move to *the lowest offset not yet done*: committing past an unfinished
 message would lose it on a crash. ``PartitionOffsets.committable()`` computes exactly that.
+
+The consumer returns a partition's messages in offset order, but not every offset: transaction
+markers and aborted records occupy offsets that ``poll()`` skips (the retry topic is written by
+transactional producers, so it has a marker after every transaction). Offsets never returned
+need no outcome, so the commit point is the lowest offset still in flight or, when none is, one
+past the highest offset polled.
 """
 
 from __future__ import annotations
@@ -14,35 +20,35 @@ from dataclasses import dataclass, field
 class PartitionOffsets:
     """Offsets of one partition polled in the current assignment generation."""
 
-    # Offset the next commit starts from (last committed + 1, or the first polled offset).
+    # The known-safe commit point: the last committed offset, or the first polled offset.
     base: int | None = None
     in_flight: set[int] = field(default_factory=set)
-    done: set[int] = field(default_factory=set)
+    # Highest offset handed to the pipeline in this generation.
+    highest: int | None = None
 
     def polled(self, offset: int) -> None:
         """Record that ``offset`` was handed to the pipeline."""
         if self.base is None:
             self.base = offset
+        if self.highest is None or offset > self.highest:
+            self.highest = offset
         self.in_flight.add(offset)
 
     def completed(self, offset: int) -> None:
         """Record that ``offset`` has its outcome (written or to be written in the next commit)."""
         self.in_flight.discard(offset)
-        self.done.add(offset)
 
     def committable(self) -> int | None:
         """The offset to commit (next to consume) if it moved forward, else None."""
-        if self.base is None:
+        if self.base is None or self.highest is None:
             return None
-        nxt = self.base
-        while nxt in self.done:
-            nxt += 1
-        return nxt if nxt != self.base else None
+        point = min(self.in_flight) if self.in_flight else self.highest + 1
+        return point if point > self.base else None
 
     def committed(self, offset: int) -> None:
-        """Forget everything below ``offset`` after a successful commit."""
-        self.done = {o for o in self.done if o >= offset}
-        self.base = offset
+        """Move the commit point to ``offset`` after a successful commit (never backwards)."""
+        if self.base is None or offset > self.base:
+            self.base = offset
 
     def __len__(self) -> int:
         return len(self.in_flight)

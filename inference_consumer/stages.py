@@ -155,11 +155,14 @@ def result_outcome(
     return Outcome(item=item, kind=OutcomeKind.RESULT, result=result)
 
 
-def failed_outcome(ctx: StageContext, item: WorkItem, code: str, message: str) -> Outcome:
-    """FAILED result when the request is known; a dead letter when it is not even decodable."""
+def failed_outcome(
+    ctx: StageContext, item: WorkItem, code: str, message: str, *, dead_letter: bool = False
+) -> Outcome:
+    """FAILED result when the request is known; a dead letter when it is not even decodable
+    (or ``dead_letter``: its identity is invalid, so no result can be keyed by it)."""
     ctx.metrics.errors.labels(reason=code).inc()
     log.warning("request failed: %s: %s", code, message, extra={**item.where(), "code": code})
-    if item.request is None:
+    if dead_letter or item.request is None:
         return dead_letter_outcome(item, code, message)
     return result_outcome(
         ctx, item, ResultStatus.FAILED, error=ResultError(code=code, message=message[:1000])
@@ -204,10 +207,12 @@ def prefetch(ctx: StageContext, item: WorkItem) -> WorkItem | None:
     except UndecodableMessage as exc:
         ctx.emit(failed_outcome(ctx, item, exc.code, str(exc)))
     except InvalidInput as exc:
-        # A request whose identity is invalid cannot get a result keyed by it: dead letter.
-        if exc.field in ("request_id", "tenant_id"):
+        # A request whose identity is invalid cannot get a result keyed by it: dead letter
+        # (which still names the request_id when that is valid).
+        if exc.field == "request_id":
             item.request = None
-        ctx.emit(failed_outcome(ctx, item, exc.code, str(exc)))
+        identity = exc.field in ("request_id", "tenant_id")
+        ctx.emit(failed_outcome(ctx, item, exc.code, str(exc), dead_letter=identity))
     except PermanentFailure as exc:
         ctx.emit(failed_outcome(ctx, item, exc.code, str(exc)))
     except TransientFailure as exc:
@@ -252,9 +257,18 @@ def _face_bytes(ctx: StageContext, request: GenerationRequest) -> bytes:
         raise InvalidInput("face", "no face image in the request", code="MISSING_IMAGE")
     check_face_key_in_tenant_prefix(face, request.tenant_id)
 
+    limit = ctx.limits.max_face_image_bytes
+
     def get() -> bytes:
         try:
-            return ctx.s3.get_object(Bucket=face.bucket, Key=face.key)["Body"].read()
+            response = ctx.s3.get_object(Bucket=face.bucket, Key=face.key)
+            size = response.get("ContentLength") or 0
+            if size > limit:  # whatever size_bytes claimed: do not download it at all
+                response["Body"].close()
+                raise PermanentFailure(
+                    "IMAGE_TOO_LARGE", f"face object is {size} bytes, limit is {limit}"
+                )
+            return response["Body"].read(limit + 1)
         except (ClientError, BotoCoreError) as exc:
             raise classify_s3_error(exc, f"s3://{face.bucket}/{face.key}") from exc
 
@@ -300,9 +314,9 @@ def run_engine_batch(ctx: StageContext, batch: list[WorkItem], outputs: ThreadPo
         if _expired(item.request):
             ctx.emit(expired_outcome(ctx, item))
             continue
-        item.timings["queued"] = (time.monotonic() - item.received_mono) * 1000 - item.timings.get(
-            "fetch", 0
-        )
+        waited_s = time.monotonic() - item.received_mono - item.timings.get("fetch", 0) / 1000
+        item.timings["queued"] = max(0.0, waited_s * 1000)
+        ctx.metrics.queue_wait_seconds.observe(max(0.0, waited_s))
         live.append(item)
     if not live:
         return
@@ -331,9 +345,13 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
         ctx.emit(failed_outcome(ctx, items[0], exc.code, str(exc)))
         return []
     except Exception as exc:  # transient engine errors and engine bugs alike: retry later
-        log.exception("engine failed on a batch of %d", len(items))
-        for item in items:
-            ctx.emit(retry_outcome(ctx, item, f"engine: {type(exc).__name__}: {exc}"))
+        if len(items) > 1:
+            # One request may have broken the batch (or made it too big for the device): each
+            # gets its own call, so the others are not retried, or dead-lettered, with it.
+            log.warning("engine failed on a batch of %d (%s); one by one", len(items), exc)
+            return [pair for item in items for pair in _generate(ctx, [item])]
+        log.exception("engine failed", extra=items[0].where())
+        ctx.emit(retry_outcome(ctx, items[0], f"engine: {type(exc).__name__}: {exc}"))
         return []
     elapsed = time.perf_counter() - started
     ctx.metrics.engine_seconds.observe(elapsed)
@@ -420,6 +438,11 @@ class EngineLoop:
                 try:
                     run_engine_batch(self.ctx, batch, self.outputs)
                 except Exception:  # never let the engine thread die
+                    if self._stopping:
+                        # The drain bound expired (the output pool is shut down): hand the batch
+                        # back uncommitted for the next owner rather than to the retry topic.
+                        log.warning("batch of %d unfinished at shutdown: handed back", len(batch))
+                        return
                     log.exception("engine loop error")
                     for item in batch:
                         self.ctx.emit(retry_outcome(self.ctx, item, "engine loop error"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ from schemas.codec import AvroCodec
 
 log = logging.getLogger(__name__)
 
+# librdkafka can block in send_offsets_to_transaction() long past its timeout when it lost the
+# group coordinator (confluentinc/librdkafka#5456, #5511; seen here after a broker restart).
+# A call still blocked this long after its own timeout is given up, and so is its producer.
+WEDGED_GRACE_S = 10.0
+# A broker restart can take minutes: a new producer's init_transactions is retried this long.
+INIT_DEADLINE_S = 300.0
+
 
 class TransactionAborted(F2PError):
     """The transaction was aborted; the caller must rewind to the committed offsets."""
@@ -44,6 +52,10 @@ class TransactionAborted(F2PError):
 
 class ProducerFenced(F2PError):
     """The producer hit a fatal error (fenced or broken); recreate it, then rewind."""
+
+
+class ProducerWedged(ProducerFenced):
+    """A librdkafka call did not return in time; its producer is abandoned and replaced."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,8 @@ class TransactionalOutput:
         self.config = config
         self.codec = codec
         self.transactional_id = f"f2p-worker-{config.worker_id}"
+        # Wedged producers: kept referenced, never freed (rd_kafka_destroy would block too).
+        self._abandoned: list[Producer] = []
         self.producer = self._create_producer()
 
     def _create_producer(self) -> Producer:
@@ -73,13 +87,18 @@ class TransactionalOutput:
             transaction_timeout_ms=self.config.transaction_timeout_ms,
             delivery_timeout_ms=self.config.transaction_timeout_ms,
         )
-        self._retry("init_transactions", lambda: producer.init_transactions(30))
+        self._retry(
+            "init_transactions",
+            lambda: producer.init_transactions(30),
+            deadline_s=INIT_DEADLINE_S,
+        )
         return producer
 
     def recreate(self) -> None:
-        """Replace a producer that hit a fatal error."""
-        with contextlib.suppress(Exception):  # the old producer is broken anyway
-            self.producer.flush(0)
+        """Replace a producer that hit a fatal error (or is wedged: then it is left alone)."""
+        if not any(p is self.producer for p in self._abandoned):
+            with contextlib.suppress(Exception):  # the old producer is broken anyway
+                self.producer.flush(0)
         self.producer = self._create_producer()
 
     def commit(self, batch: CommitBatch, group_metadata: object) -> None:
@@ -91,7 +110,8 @@ class TransactionalOutput:
         Step 4. Commit; the coordinator makes outputs and offsets visible together.
 
         Raises TransactionAborted (caller rewinds) or ProducerFenced (caller recreates the
-        producer, then rewinds).
+        producer, then rewinds). Any other failure while the transaction is open (encoding a
+        record needs the registry the first time) aborts it too: nothing is left open.
         """
         try:
             # Step 1.
@@ -104,14 +124,23 @@ class TransactionalOutput:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
                 self._retry(
                     "send_offsets_to_transaction",
-                    lambda: self.producer.send_offsets_to_transaction(
-                        offsets, group_metadata, self._timeout()
+                    lambda: self._bounded(
+                        "send_offsets_to_transaction",
+                        lambda: self.producer.send_offsets_to_transaction(
+                            offsets, group_metadata, self._timeout()
+                        ),
                     ),
                 )
             # Step 4.
             self._retry("commit_transaction", lambda: self.producer.commit_transaction(30))
         except KafkaException as exc:
             self._handle(exc)
+        except ProducerWedged:
+            raise  # no abort: the handle is busy for good; the caller replaces the producer
+        except Exception as exc:  # not Kafka's (e.g. the registry down while encoding): undo
+            log.warning("transaction failed before its commit: %s: %s", type(exc).__name__, exc)
+            self.abort()
+            raise TransactionAborted(f"{type(exc).__name__}: {exc}") from exc
 
     def _handle(self, exc: KafkaException) -> None:
         error: KafkaError = exc.args[0]
@@ -149,10 +178,9 @@ class TransactionalOutput:
                 (ORIGIN_HEADER, item.topic.encode()),
             ]
             self._produce(topics.retry, item.key, item.value, headers=headers)
-        rid = outcome.result.request_id if outcome.result else item.request_id
-        # A retry handed on from the retry topic itself gets no entry: its next attempt arrives
-        # on the same retry partition and must not look like a duplicate of itself.
-        if rid and not (outcome.kind is OutcomeKind.RETRY and item.topic == topics.retry):
+        rid = outcome.request_id
+        # A retry handed on from the retry topic itself gets no entry (Outcome.settles).
+        if rid and outcome.settles(topics.retry):
             entry = DedupeEntry(item.topic, item.offset, outcome.status)
             self._produce(topics.dedupe, rid.encode(), entry.to_bytes(), partition=item.partition)
 
@@ -169,9 +197,33 @@ class TransactionalOutput:
     def _timeout(self) -> float:
         return self.config.transaction_timeout_ms / 1000
 
-    def _retry(self, what: str, call: Callable[[], object]) -> None:
+    def _bounded(self, what: str, call: Callable[[], object]) -> None:
+        """Run a blocking producer call on a helper thread; raise ProducerWedged (and abandon the
+        producer) when it has not returned ``WEDGED_GRACE_S`` after its own timeout."""
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                call()
+                outcome.append(None)
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        helper = threading.Thread(target=run, name=f"txn-{what}", daemon=True)
+        helper.start()
+        helper.join(self._timeout() + WEDGED_GRACE_S)
+        if not outcome:
+            log.error("%s blocked past its timeout: replacing the producer", what)
+            self._abandoned.append(self.producer)
+            raise ProducerWedged(f"{what} did not return")
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def _retry(
+        self, what: str, call: Callable[[], object], *, deadline_s: float | None = None
+    ) -> None:
         """Call again while librdkafka says the error is retriable, until the deadline."""
-        deadline = time.monotonic() + max(self._timeout(), 10)
+        deadline = time.monotonic() + (deadline_s or max(self._timeout(), 10))
         while True:
             try:
                 call()

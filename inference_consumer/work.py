@@ -93,6 +93,21 @@ class Outcome:
     reason: str = ""
 
     @property
+    def request_id(self) -> str | None:
+        return self.result.request_id if self.result is not None else self.item.request_id
+
+    def settles(self, retry_topic: str) -> bool:
+        """Whether this outcome is recorded in the dedupe state (and its changelog).
+
+        Not a duplicate (nothing new), and not a retry handed on from the retry topic itself:
+        the next attempt arrives on the same retry partition and must not look like a duplicate
+        of itself. A retry from a lane is recorded: later copies on the lane are duplicates.
+        """
+        if self.kind is OutcomeKind.DUPLICATE:
+            return False
+        return not (self.kind is OutcomeKind.RETRY and self.item.topic == retry_topic)
+
+    @property
     def status(self) -> str:
         """The status recorded in the dedupe changelog."""
         if self.kind is OutcomeKind.RESULT and self.result is not None:

@@ -15,6 +15,7 @@ work within a bound → commit → close the consumer (leaves or hands back part
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -24,7 +25,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from connectors.kafka import make_admin, make_consumer
 from connectors.registry import make_registry_client
@@ -56,6 +63,10 @@ TP = tuple[str, int]
 
 class WorkerFatal(F2PError):
     """The worker cannot continue (e.g. its consumer was fenced by a duplicate instance)."""
+
+
+class ConsumerFatal(F2PError):
+    """The consumer hit a fatal error; librdkafka's rule: replace the instance."""
 
 
 class Worker:
@@ -91,6 +102,8 @@ class Worker:
         self._stop = threading.Event()
         self._last_commit = time.monotonic()
         self._last_loop = time.monotonic()
+        self._last_lag = 0.0
+        self._consumer_fatal_at = float("-inf")
         self._assigned_once = False
         self.batcher = RequestBatcher(
             ("interactive", "batch"),
@@ -136,14 +149,23 @@ class Worker:
         engine_thread.start()
         health = None
         if self.config.metrics_port:
-            health = HealthServer(self.config.metrics_port, self.metrics, self.healthy, self.ready)
+            health = HealthServer(
+                self.config.metrics_port,
+                self.metrics,
+                self.healthy,
+                self.ready,
+                host=self.config.metrics_host,
+            )
             health.start()
         log.info(
             "worker started", extra={"worker_id": self.config.worker_id, "topics": self.topics}
         )
         try:
             while not self._stop.is_set():
-                self._turn()
+                try:
+                    self._turn()
+                except ConsumerFatal as exc:
+                    self._replace_consumer(exc)
             self._drain()
         finally:
             engine_loop.stop()
@@ -173,6 +195,25 @@ class Worker:
             on_lost=self._on_lost,
         )
         return consumer
+
+    def _replace_consumer(self, exc: ConsumerFatal) -> None:
+        """Drop every partition's work, close the dead consumer and subscribe a new one.
+
+        Seen after a broker restart: a static member that rejoined after its session timed out
+        was fenced by its own new member id (FENCED_INSTANCE_ID, fatal in librdkafka). Fenced
+        again within a minute means another live process has this worker id: WorkerFatal.
+        """
+        now = time.monotonic()
+        if now - self._consumer_fatal_at < 60:
+            raise WorkerFatal(f"{exc} (again within 60 s: is this worker id in use twice?)")
+        self._consumer_fatal_at = now
+        log.error("%s: replacing the consumer", exc)
+        self._drop_partitions(list(self.generations))
+        self.backpressure = False
+        with contextlib.suppress(Exception):  # it is dead; its revoke commits nothing now
+            self.consumer.close()
+        self.consumer = self._create_consumer()
+        self._update_assignment_metrics()
 
     def _check_topics(self) -> None:
         """The dedupe changelog must have a partition for every source partition."""
@@ -204,12 +245,15 @@ class Worker:
         if self._commit_due():
             self.commit()
         self._apply_backpressure()
+        if self._last_loop - self._last_lag >= 0.25:
+            self._update_lag()
 
     def _on_message(self, msg: Any) -> None:
         if msg.error() is not None:
             error: KafkaError = msg.error()
-            if error.fatal():
-                raise WorkerFatal(f"consumer fatal error: {error}")
+            # A fatal error reaches poll() as an event with code _FATAL and fatal() False.
+            if error.fatal() or error.code() == KafkaError._FATAL:
+                raise ConsumerFatal(f"consumer fatal error: {error}")
             log.warning("consumer error: %s", error)
             return
         tp = (msg.topic(), msg.partition())
@@ -261,11 +305,11 @@ class Worker:
             part = self.offsets.get(item.topic, item.partition)
             if item.offset not in part.in_flight:
                 continue  # a second outcome for the same message: the first one stands
-            rid = outcome.result.request_id if outcome.result else item.request_id
+            rid = outcome.request_id
             if outcome.kind is not OutcomeKind.DUPLICATE and rid:
                 if self.dedupe.seen(item.topic, item.partition, rid):
                     outcome = Outcome(item=item, kind=OutcomeKind.DUPLICATE)
-                else:
+                elif outcome.settles(self.settings.topics.retry):
                     self.dedupe.add_pending(item.topic, item.partition, rid)
             part.completed(item.offset)
             self.pending.append(outcome)
@@ -361,10 +405,9 @@ class Worker:
         self.pending = [o for o in self.pending if (o.item.topic, o.item.partition) not in gone]
         self.dedupe.abort_pending()
         for outcome in self.pending:  # pending outcomes of other partitions stay pending
-            if outcome.kind is not OutcomeKind.DUPLICATE and outcome.item.request_id:
-                self.dedupe.add_pending(
-                    outcome.item.topic, outcome.item.partition, outcome.item.request_id
-                )
+            rid = outcome.request_id
+            if rid and outcome.settles(self.settings.topics.retry):
+                self.dedupe.add_pending(outcome.item.topic, outcome.item.partition, rid)
         self.offsets.drop(keys)
         self.delayed = [d for d in self.delayed if (d[2].topic, d[2].partition) not in gone]
         heapq.heapify(self.delayed)
@@ -385,6 +428,10 @@ class Worker:
         if self.backpressure and partitions:
             consumer.pause(partitions)  # keep a full worker full: re-pause the newcomers
             self.paused.update(keys)
+        elif partitions:
+            # librdkafka keeps a partition's pause flag across unassign/assign: one revoked while
+            # paused would come back paused, untracked by ``self.paused``, and never be fetched.
+            consumer.resume(partitions)
         self._assigned_once = True
         self._update_assignment_metrics()
         log.info("partitions assigned", extra={"partitions": keys})
@@ -417,6 +464,19 @@ class Worker:
         self.metrics.assigned_partitions.set(len(self.generations))
         self.metrics.paused_partitions.set(len(self.paused))
 
+    def _update_lag(self) -> None:
+        """Consumer lag: high watermark minus position, summed over the assignment (cached
+        watermarks from fetch responses, no broker round trip)."""
+        self._last_lag = time.monotonic()
+        lag = 0
+        for tp in self.consumer.position(self.consumer.assignment()):
+            if tp.offset < 0:
+                continue  # nothing consumed yet
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                lag += max(0, high - tp.offset)
+        self.metrics.consumer_lag.set(lag)
+
     # -- backpressure and shutdown --
 
     def _apply_backpressure(self) -> None:
@@ -428,10 +488,28 @@ class Worker:
             self.paused = {(tp.topic, tp.partition) for tp in assignment}
             self.backpressure = True
         elif self.backpressure and in_flight <= self.config.max_in_flight // 2:
-            self.consumer.resume([TopicPartition(t, p) for t, p in self.paused])
+            resumed = [TopicPartition(t, p) for t, p in self.paused]
+            self.consumer.resume(resumed)
+            self._wake_fetcher(resumed)
             self.paused.clear()
             self.backpressure = False
         self.metrics.paused_partitions.set(len(self.paused))
+
+    def _wake_fetcher(self, partitions: list[TopicPartition]) -> None:
+        """Make librdkafka fetch resumed partitions now rather than at its next wake-up.
+
+        After ``resume()`` the broker thread notices the partitions only when it next wakes up,
+        up to 1 s later, and ``pause()`` purged their prefetched messages: each backpressure
+        cycle would idle the engine for up to a second. A seek to the current position (where
+        the fetch resumes anyway) wakes it at once.
+        """
+        for tp in self.consumer.position(partitions):
+            if tp.offset < 0:
+                continue  # nothing consumed yet: the fetch starts at the committed offset
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as exc:  # only a wake-up: the resume stands without it
+                log.debug("seek after resume failed: %s", exc)
 
     def _drain(self) -> None:
         """Graceful shutdown: no new intake; finish in-flight work within the bound; commit."""

@@ -15,6 +15,7 @@ from connectors.settings import Settings
 from connectors.topic_reader import read_to_end
 from inference_consumer.config import WorkerConfig
 from inference_consumer.engines.base import Engine
+from inference_consumer.engines.sim import SimEngine
 from inference_consumer.worker import Worker
 from infra.topics import apply_topics, load_topic_specs
 from schemas.codec import AvroCodec
@@ -109,3 +110,104 @@ def running_worker(settings: Settings, engine: Engine, **config) -> Iterator[Wor
 
 
 Factory = Callable[..., GenerationRequest]
+
+
+# -- added for the worker's functional tests (test_worker.py, test_poison.py, test_shutdown.py) --
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str, step_s: float = 0.05):
+    """Poll ``condition`` until it returns something truthy (returned); fail after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(step_s)
+
+
+def publish_raw(
+    settings: Settings,
+    topic: str,
+    messages: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]],
+) -> list[tuple[int, int]]:
+    """Produce ``(key, value, headers)`` as they are; return each one's (partition, offset)."""
+    producer = make_producer(settings)
+    where: dict[int, tuple[int, int]] = {}
+    errors: list[object] = []
+
+    def report(index: int):
+        def on_delivery(err, msg) -> None:
+            if err is not None:
+                errors.append(err)
+            else:
+                where[index] = (msg.partition(), msg.offset())
+
+        return on_delivery
+
+    for index, (key, value, headers) in enumerate(messages):
+        producer.produce(topic, key=key, value=value, headers=headers, on_delivery=report(index))
+    assert producer.flush(30) == 0
+    assert not errors, errors
+    return [where[i] for i in range(len(messages))]
+
+
+def read_dead_letters(settings: Settings, codec: AvroCodec) -> list:
+    """Every committed DeadLetter on the DLQ topic."""
+    return [
+        codec.decode(settings.topics.dlq, m.value())
+        for m in read_to_end(settings, settings.topics.dlq, timeout_s=60)
+    ]
+
+
+def metric(worker: Worker, name: str, **labels: str) -> float:
+    """Current value of one of the worker's Prometheus samples (0 when not yet present)."""
+    value = worker.metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+class CountingSimEngine(SimEngine):
+    """The sim engine, recording every request_id that reached ``generate`` (in call order).
+
+    ``fail_prompts`` maps a prompt to how many times its requests raise EngineTransientError
+    before they succeed (``-1``: always); ``gate`` (set by default) holds back batches with the
+    prompt ``gated_prompt`` until it is set.
+    """
+
+    def __init__(
+        self,
+        *,
+        fail_prompts: dict[str, int] | None = None,
+        gated_prompt: str | None = None,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("time_scale", 0)
+        super().__init__(**kwargs)
+        self.seen: list[str] = []
+        self.batches: list[list[str]] = []
+        self.fail_prompts = dict(fail_prompts or {})
+        self.failures: dict[str, int] = {}
+        self.gated_prompt = gated_prompt
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered_gate = threading.Event()
+
+    def generate(self, batch):
+        from inference_consumer.engines.exceptions import EngineTransientError
+
+        self.seen.extend(r.request_id for r in batch)
+        self.batches.append([r.request_id for r in batch])
+        for request in batch:
+            limit = self.fail_prompts.get(request.prompt)
+            if limit is None:
+                continue
+            done = self.failures.get(request.request_id, 0)
+            if limit < 0 or done < limit:
+                self.failures[request.request_id] = done + 1
+                raise EngineTransientError(f"simulated transient failure of {request.request_id}")
+        if self.gated_prompt is not None and any(r.prompt == self.gated_prompt for r in batch):
+            self.entered_gate.set()
+            assert self.gate.wait(60), "gate never opened"
+        return super().generate(batch)

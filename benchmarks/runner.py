@@ -1,0 +1,138 @@
+"""One benchmark worker process: ``python -m benchmarks.runner '<WorkerSpec as JSON>'``.
+
+Runs our ``Worker`` or the ``NaiveWorker`` on a ``sim`` engine wrapped to record the wall-clock
+interval of every ``generate`` call, until SIGTERM; then writes those intervals (and the sim
+engine's own ``busy_seconds``) to the spec's ``stats_path``. After ``kill -9`` nothing is written.
+
+Connection settings come from the environment / embedded stack like ``f2p worker``; the topic
+set is the spec's private suffix (``load_settings(topic_suffix=...)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from connectors.settings import load_settings
+from inference_consumer.engines.base import Engine, EngineOutput, EngineRequest, GenerationParams
+from inference_consumer.engines.sim import SimEngine
+from infra.logs import configure_logging
+
+log = logging.getLogger("benchmarks.runner")
+
+
+class RecordingEngine(Engine):
+    """Delegates to an engine and records ``(start, end, batch size)`` of each ``generate``."""
+
+    def __init__(self, inner: SimEngine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.model_info = inner.model_info
+        self.max_batch_size = inner.max_batch_size
+        self.intervals: list[tuple[float, float, int]] = []
+        self._lock = threading.Lock()
+
+    def batch_key(self, params: GenerationParams) -> tuple:
+        return self.inner.batch_key(params)
+
+    def generate(self, batch: Sequence[EngineRequest]) -> list[EngineOutput]:
+        start = time.time()
+        try:
+            return self.inner.generate(batch)
+        finally:
+            with self._lock:
+                self.intervals.append((start, time.time(), len(batch)))
+
+
+def build_worker(spec: dict[str, Any], engine: Engine) -> Any:
+    """Our Worker or the NaiveWorker, serving the batch lane of the spec's topic set only."""
+    settings = load_settings(topic_suffix=spec["topic_suffix"])
+    lanes = (settings.topics.requests_batch,)
+    if spec["impl"] == "naive":
+        from benchmarks.naive import NaiveConfig, NaiveWorker
+
+        config = NaiveConfig(worker_id=spec["worker_id"], group_id=spec["group_id"], lanes=lanes)
+        return NaiveWorker(settings, config, engine)
+    from inference_consumer.config import WorkerConfig
+    from inference_consumer.worker import Worker
+
+    config = WorkerConfig(
+        worker_id=spec["worker_id"],
+        group_id=spec["group_id"],
+        lanes=lanes,
+        serve_retry_topic=False,
+        **spec.get("options", {}),
+    )
+    return Worker(settings, config, engine)
+
+
+def trace_commits(worker: Any) -> list[tuple[float, float, int]]:
+    """Record ``(start, end, outcomes)`` of every transaction the worker commits (diagnostics,
+    ``F2P_BENCH_TRACE=1``): wraps the commit method of this one worker instance."""
+    spans: list[tuple[float, float, int]] = []
+    if hasattr(worker, "output"):  # ours: TransactionalOutput is created in run()
+        from inference_consumer.transactions import TransactionalOutput
+
+        inner = TransactionalOutput.commit
+
+        def commit(self: Any, batch: Any, metadata: object) -> None:
+            start = time.time()
+            try:
+                inner(self, batch, metadata)
+            finally:
+                spans.append((start, time.time(), len(batch.outcomes)))
+
+        TransactionalOutput.commit = commit  # type: ignore[method-assign]
+    else:
+        naive_commit = worker.commit
+
+        def commit_one(*args: Any) -> None:
+            start = time.time()
+            try:
+                naive_commit(*args)
+            finally:
+                spans.append((start, time.time(), 1))
+
+        worker.commit = commit_one
+    return spans
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    configure_logging("INFO")
+    # The sim's default seconds_per_step: scenarios size time_scale with the same default
+    # (``expected_service_time``).
+    sim = SimEngine(max_batch_size=spec["max_batch_size"], time_scale=spec["time_scale"])
+    engine = RecordingEngine(sim)
+    worker = build_worker(spec, engine)
+    commits = trace_commits(worker) if os.environ.get("F2P_BENCH_TRACE") == "1" else []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.run()
+    finally:
+        stats = {
+            "worker_id": spec["worker_id"],
+            "engine_intervals": engine.intervals,
+            "busy_seconds": sim.busy_seconds,
+            "calls": sim.calls,
+            "commits": commits,
+        }
+        Path(spec["stats_path"]).write_text(json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,252 @@
+"""Run the selected scenarios for both implementations and collect one figures table.
+
+``run_suite`` runs each scenario for our worker, then for the naive baseline, in the same
+invocation on the same stack; a scenario that fails is reported as an error and the suite goes
+on. The result is a ``Report``: figure rows (ours | naive | target) plus every raw number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import confluent_kafka
+from rich.console import Console
+
+from benchmarks import scenarios
+from benchmarks.scenarios import Sizes
+from benchmarks.session import Bench
+from connectors.settings import Settings
+
+IMPLS = ("ours", "naive")
+SCENARIOS = ("control", "overhead", "duty", "scaling", "failover", "publish")
+
+
+@dataclass
+class Row:
+    """One figure: ours next to the naive baseline, with the DESIGN.md target when there is one."""
+
+    scenario: str
+    metric: str
+    unit: str
+    ours: Any
+    naive: Any
+    target: str = ""
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    sizes: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "sizes": self.sizes,
+            "rows": [row.__dict__ for row in self.rows],
+            "details": self.details,
+            "errors": self.errors,
+            "seconds": self.seconds,
+        }
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on, and how busy the machine already was."""
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), ""
+        )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "loadavg_before": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def run_suite(
+    settings: Settings,
+    sizes: Sizes,
+    selected: Iterable[str] = SCENARIOS,
+    console: Console | None = None,
+    ours_options: dict[str, Any] | None = None,
+) -> Report:
+    """Run ``selected`` scenarios (in ``SCENARIOS`` order) for both implementations.
+
+    ``ours_options`` are ``WorkerConfig`` overrides for our worker (tuning experiments).
+    """
+    console = console or Console(stderr=True)
+    chosen = [s for s in SCENARIOS if s in set(selected)]
+    report = Report(machine=machine_info(), sizes=sizes.__dict__.copy())
+    report.machine["ours_options"] = dict(ours_options or {})
+    bench = Bench(settings, console, ours_options)
+    console.log(
+        f"bench: {', '.join(chosen)} on {report.machine['cpus']} CPUs, load average "
+        f"{' '.join(f'{x:.2f}' for x in report.machine['loadavg_before'])}; "
+        f"worker logs in {bench.log_dir}"
+    )
+    started = time.monotonic()
+    try:
+        for name in chosen:
+            _RUNNERS[name](bench, sizes, report, console)
+    finally:
+        bench.cleanup()
+        report.seconds = time.monotonic() - started
+        report.machine["loadavg_after"] = os.getloadavg()
+    return report
+
+
+def _attempt(
+    report: Report, console: Console, key: str, call: Callable[[], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Run one (scenario, implementation); a failure is recorded, not raised."""
+    started = time.monotonic()
+    console.log(f"[bold]{key}[/bold] …")
+    try:
+        figures = call()
+    except Exception as exc:
+        console.log(f"[red]{key} failed: {type(exc).__name__}: {exc}[/red]")
+        report.errors[key] = f"{type(exc).__name__}: {exc}"
+        return None
+    console.log(f"{key} done in {time.monotonic() - started:.0f} s")
+    report.details[key] = figures
+    return figures
+
+
+def _both(
+    report: Report, console: Console, name: str, call: Callable[[str], dict[str, Any]]
+) -> dict[str, dict[str, Any] | None]:
+    return {
+        impl: _attempt(report, console, f"{name}/{impl}", lambda i=impl: call(i)) for impl in IMPLS
+    }
+
+
+def _pick(runs: dict[str, dict[str, Any] | None], key: str, scale: float = 1.0) -> list[Any]:
+    values = []
+    for impl in IMPLS:
+        figures = runs.get(impl)
+        value = None if figures is None else figures.get(key)
+        scaled = scale != 1.0 and isinstance(value, int | float) and not isinstance(value, bool)
+        values.append(value * scale if scaled else value)
+    return values
+
+
+# (metric, unit, key in the scenario's figures, scale, target)
+Spec = tuple[str, str, str, float, str]
+
+
+def _rows(report: Report, scenario: str, runs: dict[str, Any], specs: list[Spec]) -> None:
+    for metric, unit, key, scale, target in specs:
+        report.rows.append(Row(scenario, metric, unit, *_pick(runs, key, scale), target))
+
+
+def _control(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
+    runs = _both(report, console, "control", lambda i: scenarios.control_plane(bench, i, sizes))
+    _rows(report, "control plane", runs, [
+        ("throughput, publish → committed result", "req/s", "throughput_rps", 1, "≥ 1000"),
+        ("completed within the time bound", "requests", "completed", 1, ""),
+        ("CPU per request: worker", "ms", "worker_cpu_ms_per_request", 1, ""),
+        ("CPU per request: Kafka broker", "ms", "kafka_cpu_ms_per_request", 1, ""),
+        ("CPU per request: S3 (SeaweedFS)", "ms", "s3_cpu_ms_per_request", 1, ""),
+        ("CPU per request: load + reader", "ms", "harness_cpu_ms_per_request", 1, ""),
+        ("machine CPU busy (all cores)", "%", "machine_cpu_busy", 100, ""),
+    ])  # fmt: skip
+
+
+def _overhead(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
+    runs = _both(report, console, "overhead", lambda i: scenarios.overhead(bench, i, sizes))
+    service = f"{1000 * sizes.overhead_service_s:.0f} ms"
+    _rows(report, "overhead", runs, [
+        (f"capacity (engine {service}/request)", "req/s", "capacity_rps", 1, ""),
+        ("offered load (50 % of capacity)", "req/s", "offered_rps", 1, ""),
+        ("added latency P50", "ms", "added_p50_ms", 1, ""),
+        ("added latency P99", "ms", "added_p99_ms", 1, "≤ 50"),
+        ("  of which before commit, P50", "ms", "pre_commit_p50_ms", 1, ""),
+        ("  of which commit + read, P50", "ms", "commit_read_p50_ms", 1, ""),
+        ("end-to-end P99", "ms", "e2e_p99_ms", 1, ""),
+    ])  # fmt: skip
+
+
+def _duty(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
+    runs = _both(report, console, "duty", lambda i: scenarios.duty_cycle(bench, i, sizes))
+    _rows(report, "duty cycle", runs, [
+        ("engine busy / wall (1024² WebP, S3 faces)", "%", "duty_cycle", 100, "≥ 97"),
+        ("mean batch size", "requests", "mean_batch", 1, ""),
+        ("throughput", "images/s", "images_per_s", 1, ""),
+    ])  # fmt: skip
+
+
+def _scaling(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
+    per_n = {
+        n: _both(
+            report, console, f"scaling{n}", lambda i, n=n: scenarios.scaling(bench, i, sizes, n)
+        )
+        for n in sizes.scaling_workers
+    }
+    one = sizes.scaling_workers[0]
+    base = _pick(per_n[one], "throughput_rps")
+    for n, runs in per_n.items():
+        rates = _pick(runs, "throughput_rps")
+        bound = f"engine bound {n / sizes.scaling_service_s:.0f}"
+        report.rows.append(Row("scaling", f"throughput, {n} worker(s)", "req/s", *rates, bound))
+        if n != one:
+            efficiency = [
+                100 * rate * one / (n * first) if rate is not None and first else None
+                for rate, first in zip(rates, base, strict=True)
+            ]
+            metric = f"efficiency, {n} vs {n // one} x {one}"
+            report.rows.append(Row("scaling", metric, "%", *efficiency, "≥ 95"))
+
+
+def _failover(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
+    runs = _both(report, console, "failover", lambda i: scenarios.failover(bench, i, sizes))
+    victim = f"kill -9 of 1 of {sizes.failover_workers}"
+    _rows(report, "failover", runs, [
+        (f"recovery after {victim}, last partition", "s", "recovery_s", 1, "≤ 10"),
+        ("recovery, first partition", "s", "recovery_first_s", 1, ""),
+        ("lost requests", "requests", "lost", 1, "0"),
+        ("duplicated results", "requests", "duplicated", 1, "0"),
+    ])  # fmt: skip
+
+
+def _publish(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
+    if not sizes.publish_requests:
+        return
+    try:
+        from benchmarks.publish import run_publish_bench
+    except ImportError:
+        return
+
+    def call() -> dict[str, Any]:
+        return run_publish_bench(
+            bench.settings, sizes.publish_requests, naive_n=sizes.publish_naive_requests, quiet=True
+        )
+
+    figures = _attempt(report, console, "publish", call)
+    if figures is None:
+        return
+    ours = figures["sdk_distinct_faces"]["requests_per_s"]
+    naive = figures["naive_distinct_faces"]["requests_per_s"]
+    report.rows.append(Row("publish", "publisher SDK, distinct faces", "req/s", ours, naive))
+
+
+_RUNNERS = {
+    "control": _control,
+    "overhead": _overhead,
+    "duty": _duty,
+    "scaling": _scaling,
+    "failover": _failover,
+    "publish": _publish,
+}

@@ -1,0 +1,599 @@
+"""Functional tests of the worker against the real stack: one worker in a thread per test.
+
+Each test gets a private copy of every pipeline topic (``pipeline``) and its own group, so the
+tests are independent of each other and of whatever else runs on the shared stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import statistics
+import threading
+import time
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from PIL import Image
+
+from connectors.claim_check import face_ref
+from connectors.s3 import make_s3_client
+from connectors.topic_reader import read_to_end
+from inference_consumer.config import RetryPolicy, WorkerConfig
+from inference_consumer.engines.factory import EngineConfig, create_engine
+from inference_consumer.work import ATTEMPT_HEADER, NOT_BEFORE_HEADER, header
+from schemas.images import make_sample_face
+from schemas.records import GenerationRequest, ImageFormat, Lane, ResultStatus
+from tests.inference_consumer.conftest import (
+    CountingSimEngine,
+    metric,
+    publish,
+    read_dead_letters,
+    read_results,
+    running_worker,
+    sample_request,
+    wait_for_results,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def by_id(results) -> dict[str, object]:
+    counts = Counter(r.request_id for r in results)
+    assert max(counts.values(), default=1) == 1, f"duplicate results: {counts.most_common(3)}"
+    return {r.request_id: r for r in results}
+
+
+# -- 1. the tiny engine end to end ----------------------------------------------------------------
+
+
+def test_tiny_engine_happy_path(pipeline, codec) -> None:
+    """Faces from S3 (claim check) and inline → OK results whose WebP objects decode to size."""
+    s3 = make_s3_client(pipeline)
+    face = make_sample_face(128, seed=3)
+    ref = face_ref(pipeline.inputs_bucket, "acme", face, "image/png")
+    assert ref.key.startswith("tenants/acme/inputs/")
+    s3.put_object(Bucket=pipeline.inputs_bucket, Key=ref.key, Body=face, ContentType="image/png")
+    requests = [
+        GenerationRequest.new(
+            "acme", "studio portrait", ref, width=64, height=64, steps=2, true_cfg_scale=1.0
+        ),
+        GenerationRequest.new(
+            "acme",
+            "full body, red coat",
+            ref,
+            width=128,
+            height=64,
+            steps=2,
+            true_cfg_scale=1.0,
+            num_images=2,
+        ),
+        sample_request(size=64),
+        sample_request(size=128, lane=Lane.INTERACTIVE),
+        sample_request(size=64, output_quality=50),
+    ]
+    engine = create_engine(EngineConfig(name="tiny", max_batch_size=4))
+    publish(pipeline, codec, requests)
+    with running_worker(pipeline, engine, worker_id="tiny-happy") as worker:
+        results = by_id(wait_for_results(pipeline, codec, {r.request_id for r in requests}, 180))
+        assert metric(worker, "f2p_worker_results_total", status="OK") == len(requests)
+    for request in requests:
+        result = results[request.request_id]
+        assert result.status is ResultStatus.OK, result.error
+        assert result.error is None
+        assert result.tenant_id == "acme"
+        assert result.worker_id == "tiny-happy"
+        assert result.model.name == engine.model_info.name
+        assert result.model.revision == engine.model_info.revision
+        assert result.attempt == 1
+        assert result.submitted_at == request.submitted_at
+        assert request.submitted_at <= result.completed_at <= datetime.now(UTC)
+        t = result.timings
+        assert t.engine_ms > 0
+        assert t.total_ms >= t.engine_ms
+        assert min(t.queued_ms, t.fetch_ms, t.encode_ms, t.upload_ms) >= 0
+        assert len(result.images) == request.params.num_images
+        for index, image in enumerate(result.images):
+            key = f"tenants/acme/results/{request.request_id}/{index}.webp"
+            assert image.uri == f"s3://{pipeline.results_bucket}/{key}"
+            body = s3.get_object(Bucket=pipeline.results_bucket, Key=key)["Body"].read()
+            assert image.size_bytes == len(body)
+            assert image.sha256 == hashlib.sha256(body).hexdigest()
+            decoded = Image.open(io.BytesIO(body))
+            decoded.load()
+            assert decoded.format == "WEBP"
+            assert decoded.size == (request.params.width, request.params.height)
+            assert (image.width, image.height) == decoded.size
+            assert image.format is ImageFormat.WEBP
+
+
+# -- 3. deadlines ---------------------------------------------------------------------------------
+
+
+def test_expired_requests_never_reach_the_engine(pipeline, codec) -> None:
+    """Expired on arrival, and expired while queued behind a busy engine: EXPIRED, no generate."""
+    now = datetime.now(UTC)
+    late = sample_request(
+        submitted_at=now - timedelta(seconds=10), deadline=now - timedelta(seconds=5)
+    )
+    blocker = sample_request(size=128)
+    blocker = GenerationRequest.new(
+        "acme", "hold the engine", blocker.face, width=128, height=128, steps=2, true_cfg_scale=1.0
+    )
+    fine = sample_request()
+    engine = CountingSimEngine(gated_prompt="hold the engine")
+    engine.gate.clear()
+    with running_worker(pipeline, engine) as worker:
+        publish(pipeline, codec, [late, blocker, fine])
+        assert engine.entered_gate.wait(30), "the blocking batch never reached the engine"
+        # The engine is busy: a request due in 1.5 s waits in the batcher and expires there.
+        soon = datetime.now(UTC)
+        queued = sample_request(submitted_at=soon, deadline=soon + timedelta(seconds=1.5))
+        publish(pipeline, codec, [queued])
+        wait_until(lambda: len(worker.batcher) >= 1, 10, "the request to wait in the batcher")
+        wait_until(lambda: datetime.now(UTC) > queued.deadline, 5, "the deadline to pass")
+        engine.gate.set()
+        ids = {r.request_id for r in (late, blocker, fine, queued)}
+        results = by_id(wait_for_results(pipeline, codec, ids))
+        assert metric(worker, "f2p_worker_errors_total", reason="DEADLINE_EXCEEDED") == 2
+    for request in (late, queued):
+        result = results[request.request_id]
+        assert result.status is ResultStatus.EXPIRED
+        assert result.error is not None and result.error.code == "DEADLINE_EXCEEDED"
+        assert result.images == ()
+        assert request.request_id not in engine.seen
+    assert results[fine.request_id].status is ResultStatus.OK
+    assert results[blocker.request_id].status is ResultStatus.OK
+    assert sorted(engine.seen) == sorted([blocker.request_id, fine.request_id])
+
+
+# -- 4. duplicates --------------------------------------------------------------------------------
+
+
+def test_duplicate_submissions_yield_one_result_even_across_a_restart(pipeline, codec) -> None:
+    twice = sample_request()
+    others = [sample_request() for _ in range(5)]
+    group = "g-dup-" + pipeline.topics.results
+    engine = CountingSimEngine()
+    with running_worker(pipeline, engine, worker_id="dup-a", group_id=group) as worker:
+        publish(pipeline, codec, [twice, twice, *others, twice])
+        wait_for_results(pipeline, codec, {r.request_id for r in [twice, *others]})
+        wait_until(
+            lambda: metric(worker, "f2p_worker_results_total", status="DUPLICATE") == 2,
+            30,
+            "two duplicates",
+        )
+        # Again, after its result is committed: answered from the dedupe state.
+        publish(pipeline, codec, [twice])
+        wait_until(
+            lambda: metric(worker, "f2p_worker_results_total", status="DUPLICATE") == 3,
+            30,
+            "the third duplicate",
+        )
+    # A new worker (other id, same group) restores the dedupe state from the changelog.
+    engine_b = CountingSimEngine()
+    with running_worker(pipeline, engine_b, worker_id="dup-b", group_id=group) as worker_b:
+        sentinel = sample_request()
+        publish(pipeline, codec, [twice, sentinel])
+        wait_for_results(pipeline, codec, {sentinel.request_id})
+        wait_until(
+            lambda: metric(worker_b, "f2p_worker_results_total", status="DUPLICATE") == 1,
+            30,
+            "the duplicate after the restart",
+        )
+        assert twice.request_id not in engine_b.seen
+    results = read_results(pipeline, codec)
+    counts = Counter(r.request_id for r in results)
+    assert counts[twice.request_id] == 1
+    assert set(counts.values()) == {1}
+    assert len(counts) == len(others) + 2
+
+
+# -- 5. retries -----------------------------------------------------------------------------------
+
+
+FAST_RETRY = RetryPolicy(
+    in_place_attempts=1,
+    in_place_backoff_s=0,
+    max_attempts=3,
+    retry_backoff_s=0.1,
+    max_retry_backoff_s=0.2,
+)
+
+
+def read_retry_topic(settings) -> list[tuple[str, int, int]]:
+    """(request_id, attempt header, not-before ms) of every committed retry record."""
+    return [
+        (
+            m.key().decode(),
+            int(header(m.headers(), ATTEMPT_HEADER)),
+            int(header(m.headers(), NOT_BEFORE_HEADER)),
+        )
+        for m in read_to_end(settings, settings.topics.retry, timeout_s=30)
+    ]
+
+
+def test_transient_failures_go_through_the_retry_topic_to_the_dlq(pipeline, codec) -> None:
+    doomed = GenerationRequest.new(
+        "acme",
+        "always fails",
+        sample_request().face,
+        width=64,
+        height=64,
+        steps=3,
+        true_cfg_scale=1.0,
+    )
+    flaky = GenerationRequest.new(
+        "acme",
+        "fails once",
+        sample_request().face,
+        width=64,
+        height=64,
+        steps=4,
+        true_cfg_scale=1.0,
+    )
+    healthy = sample_request()
+    engine = CountingSimEngine(fail_prompts={"always fails": -1, "fails once": 1})
+    with running_worker(pipeline, engine, retry=FAST_RETRY) as worker:
+        publish(pipeline, codec, [doomed, flaky, healthy])
+        results = by_id(wait_for_results(pipeline, codec, {flaky.request_id, healthy.request_id}))
+        letters = wait_until(
+            lambda: read_dead_letters(pipeline, codec), 30, "the dead letter", step_s=0.2
+        )
+        assert metric(worker, "f2p_worker_results_total", status="DEAD_LETTER") == 1
+    assert results[healthy.request_id].status is ResultStatus.OK
+    assert results[healthy.request_id].attempt == 1
+    assert results[flaky.request_id].status is ResultStatus.OK
+    assert results[flaky.request_id].attempt == 2
+    assert doomed.request_id not in results
+    assert engine.seen.count(doomed.request_id) == FAST_RETRY.max_attempts
+    assert engine.seen.count(flaky.request_id) == 2
+
+    [letter] = letters
+    assert letter.error_code == "RETRIES_EXHAUSTED"
+    assert letter.attempts == FAST_RETRY.max_attempts
+    assert letter.request_id == doomed.request_id
+    assert letter.source_topic == pipeline.topics.retry
+    assert codec.decode(pipeline.topics.requests_batch, letter.value) == doomed
+    assert "simulated transient failure" in letter.error_message
+
+    retries = read_retry_topic(pipeline)
+    assert sorted((rid, attempt) for rid, attempt, _ in retries) == sorted(
+        [(doomed.request_id, 2), (doomed.request_id, 3), (flaky.request_id, 2)]
+    )
+    assert all(not_before > 0 for _, _, not_before in retries)
+    # Nothing else was written twice.
+    assert Counter(r.request_id for r in read_results(pipeline, codec)) == Counter(
+        {flaky.request_id: 1, healthy.request_id: 1}
+    )
+
+
+# -- 6. priority lanes ----------------------------------------------------------------------------
+
+
+def test_interactive_requests_overtake_a_batch_backlog(pipeline, codec) -> None:
+    backlog = [sample_request() for _ in range(40)]
+    # ~0.2 s per batch of 4 at 64x64, 2 steps, no CFG: 10 batches ≈ 2 s of backlog.
+    engine = CountingSimEngine(time_scale=0.2 / (0.6 * 2 * (64 * 64 / 1024**2) * 4**0.85))
+    publish(pipeline, codec, backlog)
+    with running_worker(pipeline, engine, max_in_flight=64):
+        wait_until(lambda: engine.calls >= 1, 30, "the backlog to start")
+        urgent = [sample_request(lane=Lane.INTERACTIVE) for _ in range(8)]
+        publish(pipeline, codec, urgent)
+        ids = {r.request_id for r in backlog + urgent}
+        results = by_id(wait_for_results(pipeline, codec, ids, timeout_s=60))
+    batch_done = sorted(results[r.request_id].completed_at for r in backlog)
+    urgent_done = sorted(results[r.request_id].completed_at for r in urgent)
+    # Every interactive request finished while more than half of the backlog was still waiting.
+    later = sum(1 for t in batch_done if t > urgent_done[-1])
+    assert later >= len(backlog) // 2, (later, len(backlog))
+    # And they did not wait for the backlog: each took a fraction of the backlog's run time.
+    backlog_span = (batch_done[-1] - batch_done[0]).total_seconds()
+    waits = [
+        (results[r.request_id].completed_at - results[r.request_id].submitted_at).total_seconds()
+        for r in urgent
+    ]
+    assert statistics.median(waits) < backlog_span, (waits, backlog_span)
+
+
+# -- 7. backpressure ------------------------------------------------------------------------------
+
+
+def test_backpressure_pauses_partitions_and_bounds_in_flight_work(pipeline, codec) -> None:
+    max_in_flight = 4
+    backlog = [sample_request() for _ in range(30)]
+    # ~0.1 s per batch of 2: the backlog takes about 1.5 s.
+    engine = CountingSimEngine(
+        max_batch_size=2, time_scale=0.1 / (0.6 * 2 * (64 * 64 / 1024**2) * 2**0.85)
+    )
+    publish(pipeline, codec, backlog)
+    seen_paused, seen_in_flight, seen_lag = [], [], []
+    with running_worker(pipeline, engine, max_in_flight=max_in_flight) as worker:
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                seen_paused.append(metric(worker, "f2p_worker_paused_partitions"))
+                seen_in_flight.append(metric(worker, "f2p_worker_in_flight"))
+                seen_lag.append(metric(worker, "f2p_worker_consumer_lag"))
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            results = wait_for_results(pipeline, codec, {r.request_id for r in backlog}, 90)
+        finally:
+            stop.set()
+            sampler.join()
+        wait_until(
+            lambda: metric(worker, "f2p_worker_paused_partitions") == 0, 10, "partitions resumed"
+        )
+    by_id(results)
+    assert max(seen_paused) > 0, "no partition was ever paused"
+    assert max(seen_lag) > 0, "the paused backlog never showed as consumer lag"
+    # A full worker polls at most one message more before it pauses.
+    assert max(seen_in_flight) <= max_in_flight + 1, max(seen_in_flight)
+    assert max(seen_in_flight) >= max_in_flight - 1
+
+
+# -- 9. metrics and health endpoints --------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except urllib.error.URLError:  # not listening (yet)
+        return 0, ""
+
+
+def test_metrics_and_health_endpoints(pipeline, codec) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    request = sample_request()
+    with running_worker(pipeline, CountingSimEngine(), metrics_port=port):
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200, 30, "/readyz", step_s=0.1)
+        publish(pipeline, codec, [request])
+        wait_for_results(pipeline, codec, {request.request_id})
+        assert http_get(base + "/healthz") == (200, "ok\n")
+        _, body = wait_until(
+            lambda: (
+                (r := http_get(base + "/metrics"))[0] == 200
+                and 'f2p_worker_results_total{status="OK"} 1.0' in r[1]
+                and r
+            ),
+            10,
+            "the OK result in /metrics",
+        )
+        for name in (
+            "f2p_worker_end_to_end_seconds_bucket",
+            "f2p_worker_engine_seconds_count",
+            "f2p_worker_batch_size_count",
+            "f2p_worker_queue_wait_seconds_count 1.0",
+            "f2p_worker_in_flight",
+            "f2p_worker_paused_partitions",
+            'f2p_worker_transactions_total{outcome="committed"}',
+        ):
+            assert name in body, name
+        # Both lanes and the retry topic, 8 partitions each.
+        assert "f2p_worker_assigned_partitions 24.0" in body
+        assert http_get(base + "/nope")[0] == 404
+
+
+# -- transactions that fail: abort and rewind, or recreate the producer and rewind ----------------
+
+
+@pytest.mark.parametrize("failure", ["abortable", "fatal"])
+def test_a_failed_transaction_is_redone_after_a_rewind(pipeline, codec, failure) -> None:
+    """The first transaction with outcomes writes them, then fails: abort (or a fatal error that
+    recreates the producer), rewind to the committed offsets, redo. Nothing of the failed
+    transaction is visible, and every request ends with exactly one result."""
+    from inference_consumer.transactions import ProducerFenced, TransactionAborted
+
+    requests = [sample_request() for _ in range(12)]
+    engine = CountingSimEngine()
+    with running_worker(pipeline, engine) as worker:
+        wait_until(lambda: worker.output is not None and worker.ready(), 30, "the worker")
+        output = worker.output
+        original_producer = output.producer
+        real_commit = output.commit
+        failed: list[int] = []
+
+        def failing_commit(batch, group_metadata) -> None:
+            if failed or not batch.outcomes:
+                return real_commit(batch, group_metadata)
+            failed.append(len(batch.outcomes))
+            output.producer.begin_transaction()
+            for outcome in batch.outcomes:
+                output._produce_outcome(outcome)
+            output.producer.flush(10)
+            output.abort()
+            if failure == "abortable":
+                raise TransactionAborted("injected: transaction must be aborted")
+            raise ProducerFenced("injected: producer fenced")
+
+        output.commit = failing_commit  # type: ignore[method-assign]
+        publish(pipeline, codec, requests)
+        results = by_id(wait_for_results(pipeline, codec, {r.request_id for r in requests}))
+        outcome = "aborted" if failure == "abortable" else "fatal"
+        assert metric(worker, "f2p_worker_transactions_total", outcome=outcome) == 1
+        # A fatal error replaced the producer (same transactional.id, new epoch).
+        assert (output.producer is not original_producer) == (failure == "fatal")
+    assert failed and failed[0] >= 1
+    assert all(r.status is ResultStatus.OK for r in results.values())
+    # The redone requests reached the engine twice; the results topic shows each once.
+    assert Counter(engine.seen).most_common(1)[0][1] >= 2
+    assert len(read_results(pipeline, codec)) == len(requests)
+
+
+# -- shutdown: the drain bound hands unfinished work back ----------------------------------------
+
+
+def test_work_unfinished_at_the_drain_bound_is_handed_back_not_retried(pipeline, codec) -> None:
+    """A batch still in the engine when the drain bound expires is not committed (nor sent to the
+    retry topic): the next owner reads it again from its lane, as attempt 1."""
+    slow = GenerationRequest.new(
+        "acme",
+        "hold the engine",
+        sample_request().face,
+        width=64,
+        height=64,
+        steps=2,
+        true_cfg_scale=1.0,
+    )
+    group = "g-handback-" + pipeline.topics.results
+    engine = CountingSimEngine(gated_prompt="hold the engine")
+    engine.gate.clear()
+    with running_worker(
+        pipeline, engine, worker_id="handback-a", group_id=group, shutdown_timeout_s=0.2
+    ) as worker:
+        publish(pipeline, codec, [slow])
+        assert engine.entered_gate.wait(30)
+        # The engine is stuck in the batch; it comes back after the drain bound has expired.
+        threading.Timer(1.5, engine.gate.set).start()
+        worker.stop()
+    assert read_results(pipeline, codec) == []
+    with running_worker(pipeline, CountingSimEngine(), worker_id="handback-b", group_id=group):
+        [result] = wait_for_results(pipeline, codec, {slow.request_id})
+    assert result.status is ResultStatus.OK
+    assert result.attempt == 1
+    assert result.worker_id == "handback-b"
+    assert read_retry_topic(pipeline) == []
+
+
+# -- rebalancing: a member joins and another leaves mid-run ---------------------------------------
+
+
+def test_members_joining_and_leaving_mid_run_lose_and_duplicate_nothing(pipeline, codec) -> None:
+    """Worker b joins while a works through a backlog (cooperative rebalance: a hands some
+    partitions over after committing what it finished), then b leaves (its partitions move back
+    to a, which restores their dedupe state). Every request ends with exactly one result."""
+    backlog = [sample_request() for _ in range(80)]
+    ids = {r.request_id for r in backlog}
+    group = "g-rebalance-" + pipeline.topics.results
+    # ~0.3 s per batch of 4: the backlog would take a alone about 6 s, so b surely gets some.
+    scale = 0.3 / (0.6 * 2 * (64 * 64 / 1024**2) * 4**0.85)
+    publish(pipeline, codec, backlog)
+    engine_a, engine_b = CountingSimEngine(time_scale=scale), CountingSimEngine(time_scale=scale)
+    with running_worker(pipeline, engine_a, worker_id="reb-a", group_id=group, max_in_flight=8):
+        wait_until(lambda: len(engine_a.seen) >= 4, 30, "worker a to get going")
+        # b is a dynamic member: leaving sends LeaveGroup, so a gets b's partitions at once.
+        with running_worker(
+            pipeline,
+            engine_b,
+            worker_id="reb-b",
+            group_id=group,
+            max_in_flight=8,
+            static_membership=False,
+        ) as worker_b:
+            wait_until(lambda: len(engine_b.seen) >= 4, 60, "worker b to get partitions")
+            assert 0 < metric(worker_b, "f2p_worker_assigned_partitions") < 24
+        results = wait_for_results(pipeline, codec, ids, timeout_s=90)
+    counts = Counter(r.request_id for r in results)
+    assert set(counts) == ids
+    assert set(counts.values()) == {1}, counts.most_common(3)
+    assert {r.worker_id for r in results} == {"reb-a", "reb-b"}
+
+
+def test_a_request_that_breaks_its_batch_does_not_take_its_batch_mates_down(
+    pipeline, codec
+) -> None:
+    """The engine fails a whole batch because of one request: the others still get their
+    images at once (attempt 1); only the culprit goes the retry way to the DLQ."""
+    face = sample_request().face
+    doomed = GenerationRequest.new(
+        "acme", "always fails", face, width=64, height=64, steps=2, true_cfg_scale=1.0
+    )
+    mates = [sample_request() for _ in range(3)]  # same size, steps and CFG: one batch key
+    engine = CountingSimEngine(fail_prompts={"always fails": -1}, max_batch_size=4)
+    with running_worker(pipeline, engine, retry=FAST_RETRY, max_batch_wait_ms=500):
+        publish(pipeline, codec, [*mates, doomed])
+        results = by_id(wait_for_results(pipeline, codec, {r.request_id for r in mates}))
+        [letter] = wait_until(
+            lambda: read_dead_letters(pipeline, codec), 30, "the dead letter", step_s=0.2
+        )
+    assert any(doomed.request_id in b and len(b) > 1 for b in engine.batches), engine.batches
+    for mate in mates:
+        assert results[mate.request_id].status is ResultStatus.OK
+        assert results[mate.request_id].attempt == 1
+    assert letter.request_id == doomed.request_id
+    assert letter.error_code == "RETRIES_EXHAUSTED"
+    assert {rid for rid, _, _ in read_retry_topic(pipeline)} == {doomed.request_id}
+
+
+def test_a_failure_inside_the_transaction_that_is_not_kafkas_aborts_it(pipeline, codec) -> None:
+    """Encoding a result fails (the registry is needed the first time): the open transaction is
+    aborted, the work redone, and the worker carries on."""
+    requests = [sample_request() for _ in range(4)]
+    with running_worker(pipeline, CountingSimEngine()) as worker:
+        wait_until(lambda: worker.output is not None, 30, "the worker's producer")
+        real_encode = worker.output.codec.encode
+        failures: list[str] = []
+
+        def flaky_encode(topic, record):
+            if topic == pipeline.topics.results and not failures:
+                failures.append(topic)
+                raise ConnectionError("injected: schema registry unreachable")
+            return real_encode(topic, record)
+
+        worker.output.codec = type("Codec", (), {"encode": staticmethod(flaky_encode)})()
+        publish(pipeline, codec, requests)
+        results = by_id(wait_for_results(pipeline, codec, {r.request_id for r in requests}))
+        assert metric(worker, "f2p_worker_transactions_total", outcome="aborted") == 1
+        assert worker.healthy()
+    assert failures
+    assert all(r.status is ResultStatus.OK for r in results.values())
+
+
+class RecordingConsumer:
+    """Just enough of a Consumer for the rebalance callbacks, recording pause/resume calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, int]]]] = []
+
+    def _record(self, name: str, partitions) -> None:
+        self.calls.append((name, [(tp.topic, tp.partition) for tp in partitions]))
+
+    def incremental_assign(self, partitions) -> None:
+        self._record("assign", partitions)
+
+    def pause(self, partitions) -> None:
+        self._record("pause", partitions)
+
+    def resume(self, partitions) -> None:
+        self._record("resume", partitions)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_newly_assigned_partitions_get_the_workers_pause_state(
+    stack_settings, monkeypatch, full
+) -> None:
+    """librdkafka keeps a partition's pause flag across unassign/assign (checked against the
+    real client): a partition revoked while paused must be resumed when it comes back to a
+    worker that is not full, and paused (and tracked) when the worker is full."""
+    from confluent_kafka import TopicPartition
+
+    from inference_consumer.worker import Worker
+
+    worker = Worker(stack_settings, WorkerConfig(worker_id="unit"), CountingSimEngine())
+    monkeypatch.setattr(worker.dedupe, "restore", lambda *args, **kwargs: 0)
+    worker.backpressure = full
+    consumer = RecordingConsumer()
+    partitions = [TopicPartition("lane", 0), TopicPartition("lane", 3)]
+    worker._on_assign(consumer, partitions)  # type: ignore[arg-type]
+    keys = [("lane", 0), ("lane", 3)]
+    assert consumer.calls == [("assign", keys), ("pause" if full else "resume", keys)]
+    assert worker.paused == (set(keys) if full else set())
