@@ -51,13 +51,7 @@ def _add_commands() -> None:
     import importlib
 
     for module_name, attribute in _COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:  # a missing dependency is a real error
-                raise
-            continue  # TODO(lead): remove once every command module exists
-        cli.add_command(getattr(module, attribute))
+        cli.add_command(getattr(importlib.import_module(module_name), attribute))
 
 
 def main() -> None:
