@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 
+# Aborted transactions retried with the same outcomes before falling back to a full rewind.
+MAX_COMMIT_RETRIES = 2
+
 
 class WorkerFatal(F2PError):
     """The worker cannot continue (e.g. its consumer was fenced by a duplicate instance)."""
@@ -103,6 +106,7 @@ class Worker:
         self._last_commit = time.monotonic()
         self._last_loop = time.monotonic()
         self._last_lag = 0.0
+        self._aborts_in_row = 0
         self._consumer_fatal_at = float("-inf")
         self._assigned_once = False
         self.batcher = RequestBatcher(
@@ -328,8 +332,12 @@ class Worker:
         Step 1. Collect the outcomes and the contiguous committable offset per partition.
         Step 2. Commit them in one transaction (``TransactionalOutput.commit``).
         Step 3. On success: dedupe entries become committed, offsets move forward, metrics.
-        Step 4. On abort: rewind to the committed offsets; on a fatal producer error: recreate
-                the producer first, then rewind.
+        Step 4. On abort: keep the outcomes and try again at the next turn (after the poll has
+                run any rebalance callbacks, which drop outcomes of partitions we no longer
+                own) — a rebalance racing the commit is the usual cause, and redoing the GPU
+                work would be waste. After ``MAX_COMMIT_RETRIES`` aborts in a row, or on a
+                fatal producer error (recreate the producer first), rewind to the committed
+                offsets and redo the work.
         """
         # Step 1.
         batch = CommitBatch(outcomes=self.pending, offsets=self._offsets_to_send())
@@ -341,7 +349,10 @@ class Worker:
             self.output.commit(batch, self.consumer.consumer_group_metadata())
         except TransactionAborted:
             self.metrics.transactions.labels(outcome="aborted").inc()
-            self._rewind()
+            self._aborts_in_row += 1
+            if self._aborts_in_row > MAX_COMMIT_RETRIES:
+                self._aborts_in_row = 0
+                self._rewind()
             return
         except ProducerFenced:
             self.metrics.transactions.labels(outcome="fatal").inc()
@@ -349,6 +360,7 @@ class Worker:
             self._rewind()
             return
         # Step 3.
+        self._aborts_in_row = 0
         self.pending = []
         self.dedupe.commit_pending()
         for (topic, partition), offset in batch.offsets.items():

@@ -235,3 +235,15 @@ def create_topic(
     future.result()
     wait_for_topics(admin, [name])
     return name
+
+
+def delete_topics(admin: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Delete topics (missing ones are ignored); for tests and tools that made private topics."""
+    if not names:
+        return
+    for name, future in admin.delete_topics(names, operation_timeout=timeout_s).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                raise TopicApplyError(f"deleting topic {name} failed: {exc}") from exc

@@ -22,7 +22,9 @@ def stack_settings() -> Iterator[Settings]:
     """Settings pointing at the running embedded stack (Kafka, S3, registry), all healthy."""
     config = load_stack_config()
     report = stack_up(config)
-    started_here = any(a != "already running" for a in report.actions.values())
+    # Stop it at the end only if this session started all of it: a stack that another session
+    # (or a developer) runs stays up, even when this session restarted a crashed component.
+    started_here = all(a == "started" for a in report.actions.values())
     try:
         yield load_settings(config.state_dir)
     finally:
@@ -49,11 +51,15 @@ def admin(stack_settings: Settings):
 
 
 @pytest.fixture
-def make_topic(admin, unique_name) -> Callable[..., str]:
+def make_topic(admin, unique_name) -> Iterator[Callable[..., str]]:
     """Create a uniquely named topic on the real broker: ``make_topic("req", partitions=4)``."""
-    from infra.topics import create_topic
+    from infra.topics import create_topic, delete_topics
+
+    created: list[str] = []
 
     def make(prefix: str, partitions: int = 1, config: dict[str, str] | None = None) -> str:
-        return create_topic(admin, unique_name(prefix), partitions, config)
+        created.append(create_topic(admin, unique_name(prefix), partitions, config))
+        return created[-1]
 
-    return make
+    yield make
+    delete_topics(admin, created)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from infra.stack.artifacts import StackArtifacts
 from infra.stack.config import StackConfig
-from infra.stack.exceptions import ComponentNotReady
+from infra.stack.exceptions import ComponentNotReady, PortInUse
 from infra.stack.processes import ensure_port_free, spawn, tail
 from infra.stack.state import ComponentState
 
@@ -53,14 +53,27 @@ class Component(ABC):
         """Component-specific facts for ``status --json`` (credentials, buckets...)."""
         return {}
 
+    def _wait_ports_free(self, grace_s: float = 5.0) -> None:
+        """Raise PortInUse unless every port is free; a process killed a moment ago may hold
+        its ports for a little while after it stops showing as alive, so retry briefly."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            try:
+                for role, port in self.ports().items():
+                    ensure_port_free(port, component=f"{self.name} ({role})")
+                return
+            except PortInUse:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def start(self) -> ComponentState:
         """Check ports, prepare, spawn and wait for readiness; raise ComponentNotReady on failure.
 
         The wait polls :meth:`probe` until the configured deadline and gives up early when the
         process exits, so a crash at start-up is reported at once with the log's last lines.
         """
-        for role, port in self.ports().items():
-            ensure_port_free(port, component=f"{self.name} ({role})")
+        self._wait_ports_free()
         self.prepare()
         started = time.monotonic()
         proc, record = spawn(self.command(), log_file=self.log_file, cwd=self.data_dir)

@@ -144,3 +144,15 @@ class KafkaBroker(Component):
         cluster = admin.describe_cluster(request_timeout=2).result(timeout=3)
         if not cluster.nodes:
             raise RuntimeError("cluster has no live broker yet")
+        # After a restart the broker answers before it has loaded every partition's log.
+        topics = admin.list_topics(timeout=5).topics
+        leaderless = [
+            f"{name}[{p}]"
+            for name, meta in topics.items()
+            for p, part in meta.partitions.items()
+            if part.leader < 0
+        ]
+        if leaderless:
+            raise RuntimeError(
+                f"{len(leaderless)} partitions without a leader, e.g. {leaderless[0]}"
+            )

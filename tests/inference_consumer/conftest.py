@@ -17,18 +17,21 @@ from inference_consumer.config import WorkerConfig
 from inference_consumer.engines.base import Engine
 from inference_consumer.engines.sim import SimEngine
 from inference_consumer.worker import Worker
-from infra.topics import apply_topics, load_topic_specs
+from infra.topics import apply_topics, delete_topics, load_topic_specs
 from schemas.codec import AvroCodec
 from schemas.images import make_sample_face
 from schemas.records import GenerationRequest, GenerationResult, InlineImage
 
 
 @pytest.fixture
-def pipeline(stack_settings: Settings, admin, unique_name) -> Settings:
-    """Settings whose topics are a fresh, private copy of every pipeline topic."""
+def pipeline(stack_settings: Settings, admin, unique_name) -> Iterator[Settings]:
+    """Settings whose topics are a fresh, private copy of every pipeline topic (deleted after
+    the test: thousands of leftover partitions would slow the shared broker down)."""
     suffix = "." + unique_name("w")
-    apply_topics(admin, load_topic_specs(suffix=suffix))
-    return dataclasses.replace(stack_settings, topics=stack_settings.topics.with_suffix(suffix))
+    specs = load_topic_specs(suffix=suffix)
+    apply_topics(admin, specs)
+    yield dataclasses.replace(stack_settings, topics=stack_settings.topics.with_suffix(suffix))
+    delete_topics(admin, [s.name for s in specs])
 
 
 @pytest.fixture

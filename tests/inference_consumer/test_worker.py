@@ -24,6 +24,7 @@ from connectors.topic_reader import read_to_end
 from inference_consumer.config import RetryPolicy, WorkerConfig
 from inference_consumer.engines.factory import EngineConfig, create_engine
 from inference_consumer.work import ATTEMPT_HEADER, NOT_BEFORE_HEADER, header
+from inference_consumer.worker import MAX_COMMIT_RETRIES
 from schemas.images import make_sample_face
 from schemas.records import GenerationRequest, ImageFormat, Lane, ResultStatus
 from tests.inference_consumer.conftest import (
@@ -396,11 +397,17 @@ def test_metrics_and_health_endpoints(pipeline, codec) -> None:
 # -- transactions that fail: abort and rewind, or recreate the producer and rewind ----------------
 
 
-@pytest.mark.parametrize("failure", ["abortable", "fatal"])
-def test_a_failed_transaction_is_redone_after_a_rewind(pipeline, codec, failure) -> None:
-    """The first transaction with outcomes writes them, then fails: abort (or a fatal error that
-    recreates the producer), rewind to the committed offsets, redo. Nothing of the failed
-    transaction is visible, and every request ends with exactly one result."""
+@pytest.mark.parametrize(
+    ("failure", "failures", "rewinds"),
+    [("abortable", 1, False), ("abortable", MAX_COMMIT_RETRIES + 1, True), ("fatal", 1, True)],
+)
+def test_a_failed_transaction_is_retried_or_redone_after_a_rewind(
+    pipeline, codec, failure, failures, rewinds
+) -> None:
+    """Transactions with outcomes write them, then fail. An abort keeps the outcomes and commits
+    them in a new transaction; aborts beyond MAX_COMMIT_RETRIES in a row, or a fatal error (which
+    recreates the producer), rewind to the committed offsets and redo the work. Nothing of a
+    failed transaction is visible, and every request ends with exactly one result."""
     from inference_consumer.transactions import ProducerFenced, TransactionAborted
 
     requests = [sample_request() for _ in range(12)]
@@ -413,7 +420,7 @@ def test_a_failed_transaction_is_redone_after_a_rewind(pipeline, codec, failure)
         failed: list[int] = []
 
         def failing_commit(batch, group_metadata) -> None:
-            if failed or not batch.outcomes:
+            if len(failed) >= failures or not batch.outcomes:
                 return real_commit(batch, group_metadata)
             failed.append(len(batch.outcomes))
             output.producer.begin_transaction()
@@ -429,13 +436,15 @@ def test_a_failed_transaction_is_redone_after_a_rewind(pipeline, codec, failure)
         publish(pipeline, codec, requests)
         results = by_id(wait_for_results(pipeline, codec, {r.request_id for r in requests}))
         outcome = "aborted" if failure == "abortable" else "fatal"
-        assert metric(worker, "f2p_worker_transactions_total", outcome=outcome) == 1
+        assert metric(worker, "f2p_worker_transactions_total", outcome=outcome) == failures
         # A fatal error replaced the producer (same transactional.id, new epoch).
         assert (output.producer is not original_producer) == (failure == "fatal")
-    assert failed and failed[0] >= 1
+    assert len(failed) == failures
     assert all(r.status is ResultStatus.OK for r in results.values())
-    # The redone requests reached the engine twice; the results topic shows each once.
-    assert Counter(engine.seen).most_common(1)[0][1] >= 2
+    # Redone requests reached the engine twice; retried outcomes did not; the results topic
+    # shows each request once either way.
+    most_seen = Counter(engine.seen).most_common(1)[0][1]
+    assert (most_seen >= 2) == rewinds
     assert len(read_results(pipeline, codec)) == len(requests)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from f2p_errors import ConfigError
-from infra.topics import apply_topics, describe_configs, load_topic_specs
+from infra.topics import apply_topics, delete_topics, describe_configs, load_topic_specs
 
 
 def test_spec_declares_every_pipeline_topic() -> None:
@@ -47,6 +47,7 @@ def test_apply_twice_changes_nothing_the_second_time(admin, unique_name) -> None
     for spec in specs:
         for key, value in spec.config.items():
             assert configs[spec.name][key] == value, (spec.name, key)
+    delete_topics(admin, [s.name for s in specs])
 
 
 @pytest.mark.integration
@@ -75,3 +76,4 @@ def test_drift_is_reported_then_partitions_raised_when_asked(admin, unique_name)
     metadata = admin.list_topics(results.name, timeout=10)
     assert len(metadata.topics[results.name].partitions) == results.partitions + 2
     assert apply_topics(admin, grown).drift == []
+    delete_topics(admin, [s.name for s in specs])

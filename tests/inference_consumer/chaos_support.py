@@ -1,0 +1,416 @@
+"""Helpers for the chaos tests: worker subprocesses, a paced publisher, exactly-once scans.
+
+Workers run as real ``f2p worker`` processes (``python -m f2p_cli worker``) so that ``kill -9``
+is a real crash: no ``finally``, no graceful leave, an open transaction left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import TopicPartition
+
+from connectors.kafka import make_consumer, make_producer
+from connectors.settings import Settings
+from connectors.topic_reader import read_to_end
+from infra.stack.config import load_stack_config
+from infra.stack.exceptions import PortInUse
+from infra.stack.launcher import COMPONENTS, stack_up
+from infra.stack.processes import ensure_port_free
+from infra.stack.state import read_state
+from schemas.codec import AvroCodec
+from schemas.records import DeadLetter, GenerationRequest, GenerationResult
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def topic_suffix(settings: Settings) -> str:
+    """The suffix the ``pipeline`` fixture appended to every topic name."""
+    return settings.topics.results.removeprefix("f2p.results.v1")
+
+
+# -- worker processes -----------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """One ``f2p worker`` subprocess; every (re)start logs to its own file."""
+
+    worker_id: str
+    args: list[str]
+    env: dict[str, str]
+    log_dir: Path
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.starts += 1
+        log_file = self.log_dir / f"{self.worker_id}.{self.starts}.log"
+        self.logs.append(log_file)
+        with log_file.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "f2p_cli", "worker", "--worker-id", self.worker_id, *self.args],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL: the crash we test. Reaps the process."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 40) -> int | None:
+        """SIGTERM (graceful drain), SIGKILL after ``timeout_s``; the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def booted(self) -> bool:
+        """The current process got past start-up (signal handlers installed, consumer created)."""
+        log = self.logs[-1] if self.logs else None
+        return (
+            log is not None and log.exists() and "worker started" in log.read_text(errors="replace")
+        )
+
+
+class WorkerFleet:
+    """Sim workers of one consumer group on the pipeline's private topics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        *,
+        group_id: str,
+        sim_time_scale: float,
+        extra_env: dict[str, str] | None = None,
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "F2P_TOPIC_SUFFIX": topic_suffix(settings),
+            "F2P_WORKER_GROUP_ID": group_id,
+            "F2P_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.args = ["--engine", "sim", "--sim-time-scale", str(sim_time_scale), *extra_args]
+        self.workers: dict[str, WorkerProcess] = {}
+
+    def start(self, worker_id: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        """(Re)start ``worker_id``; ``env`` (first start only) adds to the fleet's variables."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            worker = WorkerProcess(worker_id, self.args, {**self.env, **(env or {})}, self.log_dir)
+            self.workers[worker_id] = worker
+        worker.start()
+        return worker
+
+    def alive(self) -> list[WorkerProcess]:
+        return [w for w in self.workers.values() if w.alive()]
+
+    def stop_all(self, boot_timeout_s: float = 60) -> dict[str, int | None]:
+        """Graceful stop of every running worker, in parallel; their exit codes by worker id.
+
+        A worker still starting up is given time to boot first: SIGTERM before its handler is
+        installed would kill it, and that is not the shutdown under test.
+        """
+        wait_until(lambda: all(w.booted() for w in self.alive()), boot_timeout_s, interval_s=0.2)
+        codes: dict[str, int | None] = {}
+        threads = [
+            threading.Thread(target=lambda w=w: codes.__setitem__(w.worker_id, w.stop()))
+            for w in self.alive()
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return codes
+
+    def kill_all(self) -> None:
+        for w in self.workers.values():
+            if w.alive():
+                w.kill9()
+
+    def log_tail(self, lines: int = 60) -> str:
+        out = []
+        for w in self.workers.values():
+            for p in w.logs[-2:]:
+                if p.exists():
+                    text = p.read_text(errors="replace").splitlines()[-lines:]
+                    out.append(f"===== {p.name} =====\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def grep(self, needle: str) -> int:
+        """How many log lines of all workers contain ``needle``."""
+        return sum(
+            line.count(needle) > 0
+            for w in self.workers.values()
+            for p in w.logs
+            if p.exists()
+            for line in p.read_text(errors="replace").splitlines()
+        )
+
+
+# -- the stack's components ----------------------------------------------------------------------
+
+
+def component_pid(name: str) -> int:
+    """The recorded pid of a component of the session's stack."""
+    return read_state(load_stack_config().state_file).components[name].process.pid
+
+
+def kill_component(name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Kill a component of the session's stack and wait until it is gone.
+
+    Gone means its ports are free again: a multi-threaded process (the JVM) shows as a zombie
+    while its other threads still hold the sockets, and ``stack_up`` would find a port taken.
+    """
+    config = load_stack_config()
+    record = read_state(config.state_file).components[name].process
+    component = next(c for c in COMPONENTS if c.name == name)(config, None)
+    os.kill(record.pid, sig)
+
+    def released() -> bool:
+        if record.is_alive():
+            return False
+        try:
+            for port in component.ports().values():
+                ensure_port_free(port, component=name)
+        except PortInUse:
+            return False
+        return True
+
+    met, _ = wait_until(released, 30, interval_s=0.05)
+    assert met, f"{name} (pid {record.pid}) did not exit"
+
+
+def ensure_stack_up(timeout_s: float = 120) -> None:
+    """Leave the session's stack running whatever happened (a port may still be closing)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            stack_up(load_stack_config())
+            return
+        except PortInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+# -- publishing -----------------------------------------------------------------------------------
+
+
+def lane_topic(settings: Settings, request: GenerationRequest) -> str:
+    t = settings.topics
+    return t.requests_interactive if request.lane.value == "INTERACTIVE" else t.requests_batch
+
+
+@dataclass
+class Submission:
+    """One produce of a request: the original or a duplicate submission of the same bytes."""
+
+    request: GenerationRequest
+    duplicate: bool
+
+
+def schedule_with_duplicates(
+    requests: list[GenerationRequest], duplicates: int, rng: random.Random, max_gap: int = 600
+) -> list[Submission]:
+    """All requests in order, plus ``duplicates`` re-submissions of earlier request_ids, each
+    placed 1..``max_gap`` positions after its original (some in flight, some long finished)."""
+    slots: list[tuple[float, Submission]] = [
+        (i, Submission(r, False)) for i, r in enumerate(requests)
+    ]
+    originals = rng.sample(range(len(requests)), duplicates)
+    for i in originals:
+        slots.append((i + rng.randint(1, max_gap) + 0.5, Submission(requests[i], True)))
+    slots.sort(key=lambda s: s[0])
+    return [s for _, s in slots]
+
+
+class PacedPublisher(threading.Thread):
+    """Publishes submissions at ``rate_per_s`` on a background thread, recording partitions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: AvroCodec,
+        submissions: list[Submission],
+        rate_per_s: float,
+    ) -> None:
+        super().__init__(name="paced-publisher", daemon=True)
+        self.settings = settings
+        self.submissions = submissions
+        self.rate = rate_per_s
+        # Encode once per request: a duplicate submission is the very same bytes again.
+        self.encoded: dict[str, tuple[str, bytes]] = {}
+        for s in submissions:
+            rid = s.request.request_id
+            if rid not in self.encoded:
+                topic = lane_topic(settings, s.request)
+                self.encoded[rid] = (topic, codec.encode(topic, s.request))
+        self.partition_of: dict[str, tuple[str, int]] = {}
+        self.published = 0
+        self.errors: list[str] = []
+        self.finished_at: float | None = None
+
+    def run(self) -> None:
+        producer = make_producer(self.settings, client_id="chaos-publisher")
+
+        def on_delivery(err, msg) -> None:
+            if err is not None:
+                self.errors.append(str(err))
+            else:
+                self.partition_of[msg.key().decode()] = (msg.topic(), msg.partition())
+
+        started = time.monotonic()
+        for n, s in enumerate(self.submissions):
+            due = started + n / self.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            topic, value = self.encoded[s.request.request_id]
+            producer.produce(
+                topic, key=s.request.request_id.encode(), value=value, on_delivery=on_delivery
+            )
+            producer.poll(0)
+            self.published += 1
+        remaining = producer.flush(60)
+        if remaining:
+            self.errors.append(f"{remaining} messages not delivered")
+        self.finished_at = time.monotonic()
+
+
+def publish_all(settings: Settings, codec: AvroCodec, requests: list[GenerationRequest]) -> None:
+    """Produce every request to its lane at once; wait for delivery."""
+    publisher = PacedPublisher(
+        settings, codec, [Submission(r, False) for r in requests], rate_per_s=1e9
+    )
+    publisher.run()
+    assert not publisher.errors, publisher.errors
+
+
+# -- scanning -------------------------------------------------------------------------------------
+
+
+def scan_results(settings: Settings, codec: AvroCodec) -> list[GenerationResult]:
+    """Every committed result (read_committed, from the beginning)."""
+    return [
+        codec.decode(settings.topics.results, m.value())
+        for m in read_to_end(settings, settings.topics.results, timeout_s=60)
+    ]
+
+
+def scan_dlq(settings: Settings, codec: AvroCodec) -> list[DeadLetter]:
+    return [
+        codec.decode(settings.topics.dlq, m.value())
+        for m in read_to_end(settings, settings.topics.dlq, timeout_s=60)
+    ]
+
+
+def group_caught_up(settings: Settings, group_id: str) -> bool:
+    """True when the group's committed offset is past the last committed record of every
+    partition of the request lanes and the retry topic (nothing left to process)."""
+    consumer = make_consumer(settings, group_id)  # never subscribes: joins nothing
+    try:
+        tps: list[TopicPartition] = []
+        last: dict[tuple[str, int], int] = {}
+        t = settings.topics
+        for topic in (t.requests_interactive, t.requests_batch):
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in meta.partitions:
+                high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                if high > 0:
+                    last[(topic, p)] = high - 1  # idempotent, non-transactional: no markers
+        # The retry topic is written in transactions: markers follow the records.
+        for msg in read_to_end(settings, t.retry, timeout_s=30):
+            key = (msg.topic(), msg.partition())
+            last[key] = max(last.get(key, -1), msg.offset())
+        tps = [TopicPartition(topic, p) for topic, p in last]
+        if not tps:
+            return True
+        committed = consumer.committed(tps, timeout=10)
+        return all(tp.offset > last[(tp.topic, tp.partition)] for tp in committed)
+    finally:
+        consumer.close()
+
+
+@dataclass
+class ExactlyOnceReport:
+    """What the final read_committed scan found."""
+
+    unique: int
+    results: int
+    missing: set[str]
+    doubled: dict[str, int]
+    unexpected: set[str]
+    statuses: Counter
+    dead_letters: int
+
+    def summary(self) -> str:
+        return (
+            f"unique requests={self.unique} results={self.results} missing={len(self.missing)} "
+            f"twice={len(self.doubled)} unexpected={len(self.unexpected)} "
+            f"statuses={dict(self.statuses)} dlq={self.dead_letters}"
+        )
+
+
+def exactly_once_report(
+    settings: Settings, codec: AvroCodec, expected: set[str]
+) -> tuple[ExactlyOnceReport, list[GenerationResult]]:
+    results = scan_results(settings, codec)
+    counts = Counter(r.request_id for r in results)
+    report = ExactlyOnceReport(
+        unique=len(expected),
+        results=len(results),
+        missing=expected - set(counts),
+        doubled={rid: n for rid, n in counts.items() if n > 1},
+        unexpected=set(counts) - expected,
+        statuses=Counter(str(r.status) for r in results),
+        dead_letters=len(scan_dlq(settings, codec)),
+    )
+    return report, results
+
+
+def wait_until(
+    condition, timeout_s: float, *, interval_s: float = 0.5, on_tick=None
+) -> tuple[bool, float]:
+    """Poll ``condition`` until true or timeout; (met, seconds waited)."""
+    started = time.monotonic()
+    while True:
+        if on_tick is not None:
+            on_tick()
+        if condition():
+            return True, time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            return False, time.monotonic() - started
+        time.sleep(interval_s)
