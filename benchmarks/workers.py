@@ -127,7 +127,7 @@ class WorkerPool:
     ) -> dict[str, list[int]]:
         """Block until ``members`` members share ``topic``'s partitions evenly; return them.
 
-        Returns ``{group.instance.id: [partitions]}``.
+        Returns ``{worker id: [partitions]}``.
         """
         deadline = time.monotonic() + timeout_s
         want = PARTITIONS // members
@@ -140,7 +140,9 @@ class WorkerPool:
                 time.sleep(0.25)
                 continue
             assignment = {
-                m.group_instance_id or m.client_id: sorted(
+                # Static members are named by instance id; dynamic ones by client.id, which
+                # the client factories make "<worker id>@<host>".
+                m.group_instance_id or m.client_id.split("@")[0]: sorted(
                     tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic
                 )
                 for m in description.members
