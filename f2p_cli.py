@@ -54,11 +54,13 @@ def _add_commands() -> None:
         cli.add_command(getattr(importlib.import_module(module_name), attribute))
 
 
-def main() -> None:
-    """Console entry point."""
-    _add_commands()
+def run(command: click.Command) -> None:
+    """Invoke ``command`` with the project's exit-code policy: a project error (``F2PError``)
+    prints its message and exits 1 with no traceback, usage errors exit 2, Ctrl-C 130; anything
+    else is a bug and keeps its traceback. Also used by ``python -m connectors.cli`` and
+    ``python -m streams.cli``."""
     try:
-        cli(standalone_mode=False)
+        command(standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:
@@ -67,6 +69,12 @@ def main() -> None:
     except F2PError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+def main() -> None:
+    """Console entry point."""
+    _add_commands()
+    run(cli)
 
 
 if __name__ == "__main__":

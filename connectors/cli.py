@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from f2p_errors import F2PError, InvalidInput
+from f2p_errors import InvalidInput
 
 _LANES = click.Choice(["interactive", "batch"], case_sensitive=False)
 _STATUSES = click.Choice(["OK", "FAILED", "EXPIRED", "REJECTED"], case_sensitive=False)
@@ -438,16 +437,9 @@ for _command in (publish_cmd, results_cmd, replay_cmd):
 
 def main() -> None:
     """Run the three commands without the rest of ``f2p`` (exit codes as documented)."""
-    try:
-        _standalone(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except F2PError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    from f2p_cli import run
+
+    run(_standalone)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import click
-
-from f2p_errors import F2PError
 
 
 @click.group("streams")
@@ -99,19 +96,11 @@ def analytics_cmd(
 
 def main() -> None:
     """``python -m streams.cli``: the same command outside ``f2p``."""
+    from f2p_cli import run
     from infra.logs import configure_logging
 
     configure_logging(os.environ.get("F2P_LOG_LEVEL", "INFO").upper())
-    try:
-        streams_cmd(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except F2PError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    run(streams_cmd)
 
 
 if __name__ == "__main__":
