@@ -23,9 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.kafka import make_consumer
+from connectors.kafka_retry import retry_kafka
 from connectors.registry import make_registry_client
 from connectors.settings import Settings
 from connectors.topic_reader import ReadTimeout
@@ -37,12 +38,6 @@ from schemas.records import GenerationResult, ResultStatus
 logger = logging.getLogger(__name__)
 
 _BATCH = 500
-_LEADER_ERRORS = (
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._UNKNOWN_PARTITION,
-)
 
 
 class ResultsError(F2PError):
@@ -77,18 +72,7 @@ _T = TypeVar("_T")
 def retrying(call: Callable[[], _T], timeout_s: float = 10.0) -> _T:
     """``call()``, retried while it raises a retriable Kafka error (a partition whose leader is
     not known yet, e.g. right after topic creation) until ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            retriable = isinstance(error, KafkaError) and (
-                error.retriable() or error.code() in _LEADER_ERRORS
-            )
-            if not retriable or time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
+    return retry_kafka("results reader", call, deadline_s=timeout_s)
 
 
 def partitions_of(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:

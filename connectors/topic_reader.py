@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from confluent_kafka import Message, TopicPartition
 
 from connectors.kafka import make_consumer
+from connectors.kafka_retry import retry_kafka
 from connectors.settings import Settings
 from f2p_errors import F2PError
 
@@ -43,7 +44,9 @@ def read_to_end(
     """
     consumer = make_consumer(settings, f"f2p-reader-{uuid.uuid4().hex[:12]}")
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        metadata = retry_kafka(
+            f"metadata of {topic}", lambda: consumer.list_topics(topic, timeout=10).topics[topic]
+        )
         if metadata.error is not None:
             raise F2PError(f"cannot read topic {topic}: {metadata.error}")
         numbers = partitions if partitions is not None else sorted(metadata.partitions)
@@ -71,11 +74,21 @@ def read_to_end(
 
 
 def _high_watermarks(settings: Settings, partitions: list[TopicPartition]) -> dict[int, int]:
-    """The high watermark (not the last stable offset) of each partition."""
+    """The high watermark (not the last stable offset) of each partition.
+
+    Retried while the partition's leader moves: right after a broker restart a leader can answer
+    NOT_LEADER_FOR_PARTITION until it has loaded the partition.
+    """
     probe = make_consumer(
         settings, f"f2p-reader-{uuid.uuid4().hex[:12]}", isolation_level="read_uncommitted"
     )
     try:
-        return {tp.partition: probe.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+        return {
+            tp.partition: retry_kafka(
+                f"watermarks of {tp.topic}[{tp.partition}]",
+                lambda tp=tp: probe.get_watermark_offsets(tp, timeout=10),
+            )[1]
+            for tp in partitions
+        }
     finally:
         probe.close()

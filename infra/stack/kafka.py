@@ -11,7 +11,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from infra.stack.component import Component
 from infra.stack.exceptions import StackError
@@ -156,3 +157,22 @@ class KafkaBroker(Component):
             raise RuntimeError(
                 f"{len(leaderless)} partitions without a leader, e.g. {leaderless[0]}"
             )
+        # A leader named in the metadata may still answer NOT_LEADER_FOR_PARTITION until it has
+        # loaded the partition's log: ready means every partition serves a ListOffsets request.
+        partitions = [
+            TopicPartition(name, p)
+            for name, meta in topics.items()
+            for p in meta.partitions
+            if not name.startswith("__")
+        ]
+        if partitions:
+            futures = admin.list_offsets(
+                {tp: OffsetSpec.latest() for tp in partitions}, request_timeout=5
+            )
+            for tp, future in futures.items():
+                try:
+                    future.result(timeout=10)
+                except KafkaException as exc:
+                    raise RuntimeError(
+                        f"{tp.topic}[{tp.partition}] not serving yet: {exc}"
+                    ) from exc
