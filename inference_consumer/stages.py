@@ -151,6 +151,7 @@ def result_outcome(
         attempt=item.attempt,
         submitted_at=request.submitted_at,
         completed_at=now,
+        attributes=request.attributes,
     )
     return Outcome(item=item, kind=OutcomeKind.RESULT, result=result)
 

@@ -12,7 +12,8 @@ Error codes (``InvalidInput.code``):
 ``INVALID_TENANT``             tenant_id does not match ``RequestLimits.tenant_pattern``
 ``INVALID_TIMESTAMP``          submitted_at / deadline is not a timezone-aware datetime
 ``INVALID_DEADLINE``           deadline is not after submitted_at
-``INVALID_CHOICE``             lane / params.output_format is not one of the enum's symbols
+``INVALID_CHOICE``             lane / params.output_format / params.preset is not one of the
+                               enum's symbols (preset may also be null)
 ``EMPTY_PROMPT``               prompt is empty or only whitespace
 ``PROMPT_TOO_LONG``            prompt / negative_prompt is longer than the limit
 ``INVALID_TEXT``               prompt / negative_prompt contains NUL or other control characters
@@ -44,6 +45,7 @@ from schemas.records import (
     ImageFormat,
     InlineImage,
     Lane,
+    Preset,
     RequestParams,
 )
 
@@ -148,6 +150,10 @@ def _check_params(params: RequestParams, limits: RequestLimits) -> None:
         choices = ", ".join(f.value for f in ImageFormat)
         reason = f"must be one of {choices}, got {params.output_format!r}"
         raise _fail("params.output_format", reason, "INVALID_CHOICE")
+    if params.preset is not None and not isinstance(params.preset, Preset):
+        choices = ", ".join(p.value for p in Preset)
+        reason = f"must be null or one of {choices}, got {params.preset!r}"
+        raise _fail("params.preset", reason, "INVALID_CHOICE")
 
 
 def check_face_key_in_tenant_prefix(ref: FaceImageRef, tenant_id: str) -> None:

@@ -335,3 +335,21 @@ def test_limits_are_frozen_with_the_agreed_defaults() -> None:
 
 def test_params_default_instance_is_valid() -> None:
     validate_request(dataclasses.replace(v1_request(), params=RequestParams(seed=1)))
+
+
+@pytest.mark.parametrize("preset", [None, "quality", "FAST", "fastest"])
+def test_every_preset_and_none_is_accepted(preset) -> None:
+    request = _params(preset=preset)(v1_request())
+    validate_request(request, LIMITS)
+    assert request.params.preset in (None, "QUALITY", "FAST", "FASTEST")
+
+
+def test_an_unknown_preset_names_the_field() -> None:
+    with pytest.raises(InvalidInput) as err:
+        RequestParams(preset="turbo")
+    assert (err.value.field, err.value.code) == ("params.preset", "INVALID_CHOICE")
+    request = v1_request()
+    object.__setattr__(request.params, "preset", "turbo")  # bypassing the coercion
+    with pytest.raises(InvalidInput) as err:
+        validate_request(request, LIMITS)
+    assert (err.value.field, err.value.code) == ("params.preset", "INVALID_CHOICE")
