@@ -72,7 +72,9 @@ class AvroCodec:
     """Encode records to and decode them from Confluent-framed Avro.
 
     ``auto_register=True`` registers the current schema on first use of a subject (the embedded
-    stack only); otherwise the schema must already be registered (``f2p schemas register``).
+    stack only), with the subject's compatibility set to ``FULL_TRANSITIVE`` first, so that an
+    auto-registered subject is protected like a registered one; otherwise the schema must
+    already be registered (``f2p stack up``, ``f2p topics apply`` or ``f2p schemas register``).
     Schema ids are cached per (subject, record) and parsed writer schemas per id, so after the
     first message of each kind no registry call is made. Safe to share between threads: cache
     fills are idempotent.
@@ -104,7 +106,7 @@ class AvroCodec:
         schema = Schema(catalog.schema_str(name), "AVRO")
         try:
             if self._auto_register:
-                schema_id = self._registry.register_schema(subject, schema)
+                schema_id = self._auto_registered_id(subject, schema)
             else:
                 schema_id = self._registry.lookup_schema(subject, schema).schema_id
         except SchemaRegistryError as exc:
@@ -129,6 +131,22 @@ class AvroCodec:
         self._readers.setdefault(schema_id, (RECORD_TYPES[catalog.full_name(name)], current, None))
         logger.debug("schema id %d for subject %s (%s)", schema_id, subject, name)
         return schema_id
+
+    def _auto_registered_id(self, subject: str, schema: Schema) -> int | None:
+        """The id of ``schema`` under ``subject``, registering it when missing.
+
+        A lookup first: a subject that already holds the schema is left untouched (its level
+        is the operator's). Otherwise the level is set before registering: Apicurio's global
+        default is NONE, and a subject registered without its own level accepts anything
+        (issue 12).
+        """
+        try:
+            return self._registry.lookup_schema(subject, schema).schema_id
+        except SchemaRegistryError as exc:
+            if not _not_found(exc):
+                raise
+        self._registry.set_compatibility(subject, DEFAULT_COMPATIBILITY)
+        return self._registry.register_schema(subject, schema)
 
     # -- decode ----------------------------------------------------------------------------------
 

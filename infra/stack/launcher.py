@@ -100,7 +100,15 @@ def stack_up(config: StackConfig) -> UpReport:
                 if errors:
                     raise errors[0]
         ready = {n: c.ready_after_s for n, c in state.components.items()}
+        _register_schemas(state)
         return UpReport(actions=actions, ready_after_s=ready)
+
+
+def _register_schemas(state: StackState) -> None:
+    """Every subject of infra/topics.toml, FULL_TRANSITIVE from its first version (issue 12)."""
+    from connectors.registry import register_stack_schemas
+
+    register_stack_schemas(state.components[ApicurioRegistry.name].endpoint)
 
 
 def _wait_healthy(config: StackConfig, state: StackState, name: str) -> None:
