@@ -269,5 +269,5 @@ def register_all(
                         f"under {compatibility}: {exc.error_message}"
                     ) from exc
                 raise
-            logger.info("registered %s under %s as id %d", name, subject, ids[subject])
+            logger.debug("registered %s under %s as id %d", name, subject, ids[subject])
     return ids
