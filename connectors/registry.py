@@ -19,7 +19,6 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from connectors.settings import Settings
 from infra.topics import TopicSpec, load_topic_specs
 from schemas.codec import DEFAULT_COMPATIBILITY, register_all
-from schemas.topics import subject_for
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +67,3 @@ def register_stack_schemas(registry_url: str) -> dict[str, int]:
     registry is ready (its storage is in memory, so every start needs it)."""
     with registry_client(registry_url) as registry:
         return register_project_schemas(registry)
-
-
-def registered_levels(
-    registry: SchemaRegistryClient, specs: Iterable[TopicSpec] | None = None
-) -> dict[str, str]:
-    """``{subject: compatibility level}`` of every project subject, as the registry reports it."""
-    return {
-        subject_for(topic): registry.get_compatibility(subject_for(topic))
-        for topic in project_subjects(specs)
-    }
