@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import struct
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,8 +77,8 @@ class AvroCodec:
     auto-registered subject is protected like a registered one; otherwise the schema must
     already be registered (``f2p stack up``, ``f2p topics apply`` or ``f2p schemas register``).
     Schema ids are cached per (subject, record) and parsed writer schemas per id, so after the
-    first message of each kind no registry call is made. Safe to share between threads: cache
-    fills are idempotent.
+    first message of each kind no registry call is made. Safe to share between threads: id
+    misses are serialised, writer-schema fills are idempotent.
     """
 
     def __init__(self, registry: SchemaRegistryClient, *, auto_register: bool) -> None:
@@ -85,6 +86,9 @@ class AvroCodec:
         self._auto_register = auto_register
         self._ids: dict[tuple[str, str], int] = {}
         self._readers: dict[int, _ReaderEntry] = {}
+        # Serialises cache misses of schema ids: one registry round trip per subject, not one
+        # per thread that encodes its first message.
+        self._miss_lock = threading.Lock()
 
     # -- encode ----------------------------------------------------------------------------------
 
@@ -103,6 +107,11 @@ class AvroCodec:
         cached = self._ids.get((subject, name))
         if cached is not None:
             return cached
+        with self._miss_lock:
+            cached = self._ids.get((subject, name))
+            return cached if cached is not None else self._fetch_schema_id(subject, name)
+
+    def _fetch_schema_id(self, subject: str, name: str) -> int:
         schema = Schema(catalog.schema_str(name), "AVRO")
         try:
             if self._auto_register:
@@ -145,7 +154,7 @@ class AvroCodec:
         except SchemaRegistryError as exc:
             if not _not_found(exc):
                 raise
-        self._registry.set_compatibility(subject, DEFAULT_COMPATIBILITY)
+        set_level(self._registry, subject, DEFAULT_COMPATIBILITY)
         return self._registry.register_schema(subject, schema)
 
     # -- decode ----------------------------------------------------------------------------------
@@ -241,6 +250,21 @@ class AvroCodec:
         return entry
 
 
+def set_level(registry: SchemaRegistryClient, subject: str, level: str) -> None:
+    """Set ``subject``'s compatibility level, racing other writers safely.
+
+    Apicurio stores the level as a rule that the first PUT creates: when two clients set it at
+    the same moment, the loser gets 409 "A rule named 'COMPATIBILITY' already exists". The rule
+    exists then, and a second PUT updates it.
+    """
+    try:
+        registry.set_compatibility(subject, level)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code != 409:
+            raise
+        registry.set_compatibility(subject, level)
+
+
 def register_all(
     registry: SchemaRegistryClient,
     topics_by_record: Mapping[str, list[str]],
@@ -259,7 +283,7 @@ def register_all(
         schema = Schema(catalog.schema_str(name), "AVRO")
         for topic in topics:
             subject = subject_for(topic)
-            registry.set_compatibility(subject, compatibility)
+            set_level(registry, subject, compatibility)
             try:
                 ids[subject] = registry.register_schema(subject, schema)
             except SchemaRegistryError as exc:

@@ -4,17 +4,18 @@ incompatible change, whether registered from topics.toml or auto-registered by t
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import pytest
-from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from schema_samples import V1_SAMPLES
 
 from connectors.registry import project_subjects, register_project_schemas
 from infra.topics import load_topic_specs
 from schemas import catalog
-from schemas.codec import DEFAULT_COMPATIBILITY, AvroCodec
+from schemas.codec import DEFAULT_COMPATIBILITY, AvroCodec, set_level
 from schemas.topics import subject_for
 
 pytestmark = pytest.mark.integration
@@ -84,3 +85,34 @@ def test_an_auto_registered_subject_is_protected_from_its_first_version(
         registry.register_schema(subject_for(topic), bad)
     assert err.value.http_status_code == 409
     assert registry.get_versions(subject_for(topic)) == [1]
+
+
+def _race(subject_name: str, url: str, call, threads: int = 8) -> list[BaseException]:
+    """Run ``call(client, subject)`` from ``threads`` threads released at once; the errors."""
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        client = SchemaRegistryClient({"url": url})
+        barrier.wait()
+        try:
+            call(client, subject_name)
+        except BaseException as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=one) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    return errors
+
+
+def test_setting_the_level_races_safely(registry, stack_settings, subject) -> None:
+    """Apicurio answers 409 to the loser of two concurrent first PUTs of a subject's level
+    (seen as publisher threads auto-registering one subject); set_level retries it."""
+    fresh = subject("race")
+    url = stack_settings.registry_url
+    errors = _race(fresh, url, lambda c, s: set_level(c, s, DEFAULT_COMPATIBILITY))
+    assert errors == []
+    assert registry.get_compatibility(fresh) == DEFAULT_COMPATIBILITY
