@@ -86,6 +86,9 @@ def load_pipeline(config: EngineConfig) -> LoadedPipeline:
     4. placement, 5. quantization, 6. attention backend, 7. cache hook, 8. compile.
     """
     # Step 1. Which files, which presets: refuse a bad setting before reading any weights.
+    path = os.path.expanduser(config.model_path)
+    if _looks_local(path) and not os.path.isdir(path):
+        raise EngineLoadError(f"model_path {config.model_path!r}: no such local directory")
     files = resolve_adapter_files(config)
     try:
         presets = table_for(
@@ -95,9 +98,6 @@ def load_pipeline(config: EngineConfig) -> LoadedPipeline:
         raise EngineLoadError(f"preset: {exc}") from None
 
     # Step 2. Base weights, from a local directory or the hub (or its cache).
-    path = os.path.expanduser(config.model_path)
-    if _looks_local(path) and not os.path.isdir(path):
-        raise EngineLoadError(f"model_path {config.model_path!r}: no such local directory")
     try:
         pipe = F2PQwenImageEditPipeline.from_pretrained(path, torch_dtype=DTYPES[config.dtype])
     except Exception as exc:
