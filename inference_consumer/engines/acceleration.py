@@ -57,9 +57,12 @@ def takes_padded_batches(backend: str) -> bool:
 
 
 def set_attention_backend(transformer: Any, backend: str) -> None:
-    """Select ``backend`` for every attention layer; ``EngineLoadError`` if it is unusable."""
-    if backend == "native":
-        return
+    """Select ``backend`` for every attention layer; ``EngineLoadError`` if it is unusable.
+
+    Set even for ``native``: diffusers 0.39 also makes the last backend set the process-wide
+    default, which every layer without an explicit backend follows (two engines in one process,
+    one of them flash, would otherwise both run flash).
+    """
     try:
         transformer.set_attention_backend(backend)
     except Exception as exc:  # a missing package (flash-attn, sageattention), a wrong device

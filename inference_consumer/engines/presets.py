@@ -47,6 +47,7 @@ LIGHTNING_CFG = 1.0
 # The Qwen-Image-Edit model card (and lightx2v's "Run Base Edit Model": --steps 50 --cfg 4.0).
 MODEL_CARD_STEPS = 50
 MODEL_CARD_CFG = 4.0
+MIN_QUALITY_STEPS = 2
 
 
 def canonical(name: str) -> str:
@@ -141,6 +142,15 @@ class PresetTable:
                 "PRESET_UNAVAILABLE",
             )
         if name == QUALITY:
+            if steps < MIN_QUALITY_STEPS:
+                # Qwen-Image-Edit's schedule stretches its last sigma to shift_terminal (0.02);
+                # for one step that is 0/0: NaN latents, a black image.
+                raise EngineInputError(
+                    "params.steps",
+                    f"{steps} < {MIN_QUALITY_STEPS}, the fewest steps Qwen-Image-Edit's "
+                    "schedule is defined for (use FAST or FASTEST for few steps)",
+                    "INVALID_PARAMETER",
+                )
             return Plan(QUALITY, steps, true_cfg_scale, lightning=False, cache=None)
         target = LIGHTNING_STEPS[name]
         changes = []

@@ -198,7 +198,7 @@ def test_a_lone_cancelled_request_stops_between_steps() -> None:
         return len(polls) >= 3  # false before the start and after step 1, true after step 2
 
     slept: list[float] = []
-    engine = SimEngine(time_scale=1.0, sleep=slept.append)
+    engine = SimEngine(time_scale=1000, sleep=slept.append)  # ~0.9 s slices, never really slept
     lone = dataclasses.replace(request(steps=8), cancelled=cancelled)
     with pytest.raises(EngineInterrupted) as caught:
         engine.generate([lone])
