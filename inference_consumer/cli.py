@@ -10,7 +10,6 @@ import click
 from connectors.settings import load_settings
 from inference_consumer.config import WorkerConfig
 from inference_consumer.engines.config import (
-    ATTENTION_BACKENDS,
     CACHE_NAMES,
     PRESET_NAMES,
     QUANTIZATION_NAMES,
@@ -50,7 +49,9 @@ log = logging.getLogger(__name__)
 @click.option("--lightning-weight-name", help="Lightning LoRA file inside its path.")
 @click.option("--lightning-steps", type=click.Choice(["4", "8"]), help="Its distilled steps.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES, case_sensitive=False))
-@click.option("--attention-backend", type=click.Choice(ATTENTION_BACKENDS), help="Default native.")
+@click.option(
+    "--attention-backend", metavar="NAME", help="diffusers backend: native (SDPA, default), flash…"
+)
 @click.option("--cache", type=click.Choice(CACHE_NAMES), help="Cache hook of the fastest preset.")
 @click.option("--quantization", type=click.Choice(QUANTIZATION_NAMES), help="Default none.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="Regional torch.compile.")
@@ -75,13 +76,13 @@ def worker_cmd(engine_name: str | None, **options: object) -> None:
         "lora_weight_name": options.pop("lora_weight_name"),
         "lightning_lora_path": options.pop("lightning_lora_path"),
         "lightning_weight_name": options.pop("lightning_weight_name"),
-        "lightning_steps": int(steps) if steps else None,  # type: ignore[call-overload]
+        "lightning_steps": int(str(steps)) if steps else None,
         "preset": options.pop("preset"),
         "attention_backend": options.pop("attention_backend"),
         "cache": options.pop("cache"),
         "quantization": options.pop("quantization"),
         "compile": options.pop("compile_"),
-        "warmup_sizes": _sizes(sizes) if sizes else None,  # type: ignore[arg-type]
+        "warmup_sizes": _sizes(str(sizes)) if sizes else None,
     }
     engine_config = EngineConfig.from_env(
         **{k: v for k, v in engine_overrides.items() if v is not None}
