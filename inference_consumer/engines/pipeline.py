@@ -71,8 +71,3 @@ class F2PQwenImageEditPipeline(QwenImageEditPipeline):
             return _upstream_call(self, *args, **kwargs)
         finally:
             _condition_area.reset(token)
-
-    def prompt_tokens(self, prompt: str) -> int:
-        """Text tokens of ``prompt`` in the encoder template (the condition image's aside)."""
-        text = self.prompt_template_encode.format(prompt)
-        return len(self.tokenizer(text)["input_ids"])

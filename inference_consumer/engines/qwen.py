@@ -20,6 +20,7 @@ Loading is ``loading.load_pipeline`` (weights, verified adapters, speed settings
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import threading
@@ -101,6 +102,11 @@ class QwenF2PEngine(Engine):
         self._cache_hooks = list(cache_hooks)
         self._padded_batches = acceleration.takes_padded_batches(attention_backend)
         self._adapter_weights: tuple[float, ...] | None = None
+        # Token counts for batch keys are asked from the worker's threads while a call runs:
+        # a copy of the tokenizer, behind its own lock (fast tokenizers refuse concurrent use).
+        self._template = pipe.prompt_template_encode
+        self._key_tokenizer = None if self._padded_batches else copy.deepcopy(pipe.tokenizer)
+        self._key_lock = threading.Lock()
         self._lock = threading.Lock()
         self._clock = BusyClock()
         self._graphs = acceleration.GraphCounter()
@@ -159,8 +165,8 @@ class QwenF2PEngine(Engine):
     def batch_key(self, params: GenerationParams, prompt: str | None = None) -> tuple:
         """The base key, plus the prompt's token count where padded batches cannot run."""
         key = super().batch_key(params)
-        if prompt is not None and not self._padded_batches and self._pipe is not None:
-            return (*key, self._pipe.prompt_tokens(prompt))
+        if prompt is not None and not self._padded_batches:
+            return (*key, self._prompt_tokens(prompt))
         return key
 
     def generate(self, batch: Sequence[EngineRequest]) -> list[EngineOutput]:
@@ -256,9 +262,13 @@ class QwenF2PEngine(Engine):
         if not self._padded_batches:
             # Same condition size, so the same image tokens: equal text tokens, no mask.
             negative = (request.negative_prompt or " ") if plan.cfg_factor == 2 else ""
-            pipe = self.pipeline
-            key += (pipe.prompt_tokens(request.prompt), pipe.prompt_tokens(negative))
+            key += (self._prompt_tokens(request.prompt), self._prompt_tokens(negative))
         return key
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        """Text tokens of ``prompt`` in the encoder template (the condition image's aside)."""
+        with self._key_lock:
+            return len(self._key_tokenizer(self._template.format(prompt))["input_ids"])
 
     def _generate_group(
         self,

@@ -176,6 +176,18 @@ def test_backends_without_masks_get_equal_length_batches() -> None:
         )  # fmt: skip
 
 
+def test_a_cache_hook_enabled_after_a_call_still_works() -> None:
+    """diffusers 0.39 caches the hook registry's children at the first call ("No context is
+    set" afterwards); the engine's helper drops that cache."""
+    from inference_consumer.engines import acceleration
+
+    engine = tiny()
+    engine.generate([request("a", RED, SHORT)])
+    hooks = acceleration.enable_cache_hook(engine.pipeline.transformer, "taylorseer")
+    engine._cache_hooks = hooks
+    assert engine.generate([request("a", RED, SHORT, steps=3)])[0].images[0].size == (64, 64)
+
+
 def test_int8_weight_only_quantization_spares_the_lora_layers() -> None:
     pytest.importorskip("torchao")
     engine = tiny(quantization="int8wo")
