@@ -50,11 +50,12 @@ MODEL_CARD_CFG = 4.0
 MIN_QUALITY_STEPS = 2
 
 
-def canonical(name: str) -> str:
-    """``"fast"`` → ``"FAST"``; ``ValueError`` for anything that is not a preset name."""
-    upper = name.upper() if isinstance(name, str) else ""
+def canonical(name: object) -> str:
+    """``"fast"`` (or an enum whose value is ``"FAST"``) → ``"FAST"``; else ``ValueError``."""
+    value = getattr(name, "value", name)
+    upper = value.upper() if isinstance(value, str) else ""
     if upper not in PRESETS:
-        raise ValueError(f"{str(name)[:40]!r} is not one of {', '.join(PRESETS)}")
+        raise ValueError(f"{str(value)[:40]!r} is not one of {', '.join(PRESETS)}")
     return upper
 
 

@@ -104,7 +104,7 @@ class QwenF2PEngine(Engine):
         self._adapter_weights: tuple[float, ...] | None = None
         # Token counts for batch keys are asked from the worker's threads while a call runs:
         # a copy of the tokenizer, behind its own lock (fast tokenizers refuse concurrent use).
-        self._template = pipe.prompt_template_encode
+        self._template = getattr(pipe, "prompt_template_encode", "{}")
         self._key_tokenizer = None if self._padded_batches else copy.deepcopy(pipe.tokenizer)
         self._key_lock = threading.Lock()
         self._lock = threading.Lock()

@@ -98,6 +98,16 @@ def test_presets_a_worker_cannot_serve_fail_with_a_code(preset: str, code: str) 
     assert table.key(preset, 8, 1.0)[0] == "invalid-preset"  # batching never raises
 
 
+def test_enum_values_are_preset_names() -> None:
+    import enum
+
+    class Preset(enum.Enum):  # as an Avro enum may reach the engine
+        FAST = "FAST"
+
+    plan = table_for(lightning_steps=8, default="quality").plan(Preset.FAST, 8, 1.0)  # type: ignore[arg-type]
+    assert plan.preset == "FAST"
+
+
 def test_keys_group_requests_by_what_runs() -> None:
     table = table_for(lightning_steps=8, default=None)
     assert table.key(None, 28, 4.0) == table.key("fast", 8, 1.0) == ("FAST", 8, 1.0)
