@@ -22,7 +22,8 @@ from connectors.claim_check import face_ref
 from connectors.s3 import make_s3_client
 from connectors.topic_reader import read_to_end
 from inference_consumer.config import RetryPolicy, WorkerConfig
-from inference_consumer.engines.factory import EngineConfig, create_engine
+from inference_consumer.engines.config import EngineConfig
+from inference_consumer.engines.factory import create_engine
 from inference_consumer.work import ATTEMPT_HEADER, NOT_BEFORE_HEADER, header
 from inference_consumer.worker import MAX_COMMIT_RETRIES
 from schemas.images import make_sample_face
