@@ -597,8 +597,19 @@ class EosLoop:
 
     def _update_lag(self) -> None:
         """High watermark minus the commit point, summed (cached watermarks from fetch
-        responses: no broker round trip)."""
+        responses: no broker round trip). Idle partitions first move their commit point past
+        what the consumer skipped (``PartitionOffsets.passed_to``)."""
         self._last_lag = self.clock()
+        idle = [
+            TopicPartition(s.topic, s.partition)
+            for s in self.assignment
+            if s.phase is Phase.ACTIVE and not s.in_flight and not s.must_seek
+        ]
+        with contextlib.suppress(KafkaException):
+            for tp in self.consumer.position(idle) if idle else []:
+                state = self.assignment.get((tp.topic, tp.partition))
+                if state is not None and tp.offset >= 0:
+                    state.offsets.passed_to(tp.offset)
         lag = 0
         for state in self.assignment:
             point = state.offsets.point()

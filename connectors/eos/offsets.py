@@ -115,6 +115,14 @@ class PartitionOffsets:
         self.done.add(offset)
         return True
 
+    def passed_to(self, position: int) -> None:
+        """The consumer's position moved to ``position`` past offsets it never delivered
+        (transaction markers, aborted records): with nothing in flight, they need no outcome,
+        and committing past them lets an idle partition show a lag of 0, not 1 per marker."""
+        if self.in_flight or self.base is None or position <= (self.point() or 0):
+            return
+        self.highest = position - 1
+
     def point(self) -> int | None:
         """Where the partition could be committed now: the lowest offset not known to be done."""
         if self.in_flight:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
@@ -95,6 +96,9 @@ class TransactionalProducer:
         self._abandoned_live = 0
         self._abandoned_lock = threading.Lock()
         self._delivery_errors: dict[int, KafkaError] = {}
+        # Since when the producer has not been READY (None: it is), and when that was last said.
+        self._unready_since: float | None = None
+        self._unready_logged = 0.0
 
     # -- getting ready --------------------------------------------------------------------------
 
@@ -116,12 +120,27 @@ class TransactionalProducer:
                 self.state = State.READY
         except KafkaException as exc:
             if is_retriable(exc):
-                log.debug("producer not ready yet (%s): %s", self.state.value, exc)
+                self._not_ready(exc)
                 return False
             log.error("producer %s failed: %s", self.state.value, exc)
             self.state = State.BROKEN
             return False
+        self._unready_since = None
         return self.state is State.READY
+
+    def _not_ready(self, exc: KafkaException) -> None:
+        """Say (every 10 s at most) that the producer has been waiting to become ready."""
+        now = time.monotonic()
+        if self._unready_since is None:
+            self._unready_since = now
+        if now - self._unready_logged >= 10:
+            self._unready_logged = now
+            log.warning(
+                "producer not ready for %.0f s (%s): %s",
+                now - self._unready_since,
+                self.state.value,
+                exc,
+            )
 
     @property
     def ready(self) -> bool:
@@ -218,7 +237,10 @@ class TransactionalProducer:
         """Raise the exception of ``exc``'s bin, after aborting when it requires an abort."""
         error = kafka_error(exc)
         refused = self.refused_deliveries()
-        if error is not None and error.txn_requires_abort():
+        # Retriable while sending (a coordinator moving, a broker restarting): not the
+        # producer's fault; abort and write the completions again later (issue 7: a timed-out
+        # send_offsets_to_transaction used to replace the producer and rewind everything).
+        if error is not None and (error.txn_requires_abort() or is_retriable(exc)):
             log.warning("transaction must be aborted (%s): %s", doing, error)
             self.state = State.MUST_ABORT
             self.prepare(self.call_timeout_s)  # abort now if the broker lets us

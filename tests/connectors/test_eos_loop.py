@@ -338,3 +338,17 @@ def test_run_drains_and_closes_on_stop() -> None:
     loop.run(stop, drain_timeout_s=1)
     assert consumer.closed
     assert outputs(broker) == Counter({b"a": 1, b"b": 1})
+
+
+def test_an_idle_partition_is_committed_past_trailing_transaction_markers() -> None:
+    """Input written in transactions ends in a commit marker the consumer skips: committing
+    "last processed + 1" would leave a lag of 1 for ever (a lag-based autoscaler never sees 0)."""
+    broker, handler = StubBroker(), EchoHandler()
+    broker.append(IN, 0, b"a")
+    broker.logs[(IN, 0)].append(None)  # the marker of the transaction that wrote "a"
+    loop, consumer = make_loop(broker, handler, lag_interval_s=0)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 5)
+    consumer.poll()  # the stub moves its position past the marker on the next fetch
+    run_turns(loop, 5)
+    assert broker.committed[("group", (IN, 0))][0] == 2
