@@ -230,8 +230,10 @@ def _alter_configs(admin: AdminClient, spec: TopicSpec, drift: list[Drift], time
 def create_topic(
     admin: AdminClient, name: str, partitions: int = 1, config: dict[str, str] | None = None
 ) -> str:
-    """Create one topic (replication 1) and wait until it exists; for tests and tools."""
-    future = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name]
+    """Create one topic and wait until it exists; for tests and tools. Its replication factor
+    is the broker's default (1 on the embedded stack, 3 on a 3-broker cluster, where an
+    unreplicated topic would refuse acks=all writes under min.insync.replicas=2)."""
+    future = admin.create_topics([NewTopic(name, partitions, -1, config=config or {})])[name]
     future.result()
     wait_for_topics(admin, [name])
     return name
