@@ -141,7 +141,9 @@ def test_status_lists_every_broker_and_everything_is_replicated(cluster_stack, u
                      config.state_dir)  # fmt: skip
     assert described.returncode == 0, described.stderr
     header, row = described.stdout.strip().splitlines()[:2]
-    columns = dict(zip(header.split("\t"), row.split("\t"), strict=False))
+    columns = {
+        k.strip(): v.strip() for k, v in zip(header.split("\t"), row.split("\t"), strict=False)
+    }
     assert int(columns["CoordinatorId"]) == transaction_coordinator(admin, tid)
     group = unique_name("g")
     assert _count(settings, topic, group) == 1
