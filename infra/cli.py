@@ -9,7 +9,7 @@ import click
 
 from infra.stack.config import MAX_BROKERS, load_stack_config
 from infra.stack.launcher import stack_down, stack_status, stack_up
-from infra.topics import apply_topics, describe_configs, load_topic_specs
+from infra.topics import apply_topics, describe_configs, format_replication, load_topic_specs
 
 
 @click.group("stack")
@@ -94,7 +94,14 @@ _suffix = click.option("--suffix", default="", help="Append to every topic name 
 def topics_apply_cmd(
     profile: str | None, suffix: str, raise_partitions: bool, alter_configs: bool, dry_run: bool
 ) -> None:
-    """Create missing topics, report drift; idempotent."""
+    """Create missing topics, report drift; idempotent.
+
+    Without --profile the spec's defaults apply (replication 1, for the 1-broker embedded
+    stack); on a larger cluster that is warned about, not silently changed: pass
+    --profile production for replication 3 and min.insync.replicas 2. Replication cannot be
+    changed by apply; drift in it is reported, and --alter-configs refuses to set
+    min.insync.replicas above a topic's replication.
+    """
     from connectors.kafka import make_admin
     from connectors.settings import load_settings
 
@@ -116,7 +123,15 @@ def topics_apply_cmd(
     for name in report.unchanged:
         click.echo(f"unchanged          {name}")
     for d in report.drift:
-        click.echo(f"DRIFT {d.topic}: {d.setting} spec={d.spec} broker={d.actual}")
+        # Replication cannot be changed by altering configs: say how it is changed.
+        fix = (
+            " (apply cannot change it: f2p kafka reassign-partitions)"
+            if (d.setting == "replication_factor")
+            else ""
+        )
+        click.echo(f"DRIFT {d.topic}: {d.setting} spec={d.spec} broker={d.actual}{fix}")
+    for warning in report.warnings:
+        click.echo(f"WARNING: {warning}", err=True)
     if not report.changed:
         click.echo("nothing to change")
 
@@ -125,7 +140,7 @@ def topics_apply_cmd(
 @_profile
 @_suffix
 def topics_list_cmd(profile: str | None, suffix: str) -> None:
-    """Each spec'd topic: partitions and key configs in the spec vs on the broker."""
+    """Each spec'd topic: partitions, replication, min.insync and key configs, spec vs broker."""
     from connectors.kafka import make_admin
     from connectors.settings import load_settings
 
@@ -134,16 +149,28 @@ def topics_list_cmd(profile: str | None, suffix: str) -> None:
     metadata = admin.list_topics(timeout=30)
     present = [s.name for s in specs if s.name in metadata.topics]
     configs = describe_configs(admin, present)
-    click.echo(f"{'topic':32} {'partitions':>14}  cleanup.policy      retention.ms")
+    click.echo(f"cluster: {len(metadata.brokers)} live broker(s); columns are spec / broker")
+    click.echo(
+        f"{'topic':32} {'partitions':>10}  {'replication':>11}  {'min.insync':>10}  "
+        f"{'cleanup.policy':16}  retention.ms"
+    )
     for spec in specs:
+        min_insync = spec.config.get("min.insync.replicas", "-")
         if spec.name not in metadata.topics:
-            click.echo(f"{spec.name:32} {spec.partitions:>5} / absent")
+            click.echo(
+                f"{spec.name:32} {spec.partitions:>3} / absent  "
+                f"{spec.replication_factor:>3} / -      {min_insync:>2} / -"
+            )
             continue
-        actual = configs[spec.name]
-        parts = len(metadata.topics[spec.name].partitions)
+        topic, actual = metadata.topics[spec.name], configs[spec.name]
+        parts = f"{spec.partitions:>3} / {len(topic.partitions):<4}"
+        replication = f"{spec.replication_factor:>3} / {format_replication(topic):<5}"
+        insync = f"{min_insync:>2} / {actual.get('min.insync.replicas', '-'):<5}"
         policy = f"{spec.config.get('cleanup.policy', 'delete')}/{actual.get('cleanup.policy')}"
         retention = f"{spec.config.get('retention.ms')}/{actual.get('retention.ms')}"
-        click.echo(f"{spec.name:32} {spec.partitions:>5} / {parts:<6}  {policy:18}  {retention}")
+        click.echo(
+            f"{spec.name:32} {parts:>10}  {replication:>11}  {insync:>10}  {policy:16}  {retention}"
+        )
 
 
 @click.command(
