@@ -7,6 +7,7 @@ changes nothing the second time.
 
 from __future__ import annotations
 
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from confluent_kafka.admin import (
 from f2p_errors import ConfigError, F2PError
 
 TOPICS_FILE = Path(__file__).with_name("topics.toml")
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,11 @@ def load_topic_specs(
         if not isinstance(partitions, int) or partitions < 1:
             raise ConfigError(f"{path}: topics.{name}.partitions must be a positive integer")
         config = {**base_config, **{k: str(v) for k, v in body.get("config", {}).items()}}
+        if not _TOPIC_NAME.fullmatch(name + suffix):
+            raise ConfigError(
+                f"topic name {(name + suffix)[:300]!r} is not a legal Kafka topic name (letters, "
+                f"digits, '.', '_', '-'; at most 249 characters): check --suffix"
+            )
         specs.append(
             TopicSpec(
                 name=name + suffix,

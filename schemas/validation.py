@@ -15,7 +15,8 @@ Error codes (``InvalidInput.code``):
 ``INVALID_CHOICE``             lane / params.output_format is not one of the enum's symbols
 ``EMPTY_PROMPT``               prompt is empty or only whitespace
 ``PROMPT_TOO_LONG``            prompt / negative_prompt is longer than the limit
-``INVALID_TEXT``               prompt / negative_prompt contains NUL or other control characters
+``INVALID_TEXT``               prompt / negative_prompt contains NUL or other control characters,
+                               or any text field (attributes too) cannot be encoded as UTF-8
 ``PARAM_OUT_OF_RANGE``         a generation parameter is outside its bounds (or not finite)
 ``MISSING_IMAGE``              no face image, or an empty one
 ``IMAGE_TOO_LARGE``            inline bytes or the referenced object exceed their byte limit
@@ -85,6 +86,29 @@ class RequestLimits:
     tenant_pattern: str = r"^[a-z0-9][a-z0-9-]{1,62}$"
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: refusals echo untrusted input, bounded."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters shown"
+    return f"{text[:limit]}... ({size})"
+
+
+def _check_encodable(field: str, value: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (lone surrogates: from undecodable bytes on a
+    command line, or a ``\\ud800`` escape in JSON): Avro strings are UTF-8, and encoding would
+    otherwise fail later, far from the field."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        reason = (
+            f"must be valid Unicode text: character {exc.start} is a lone surrogate "
+            f"({value[exc.start]!r}); is the input UTF-8?"
+        )
+        raise _fail(field, reason, "INVALID_TEXT") from None
+
+
 def _fail(field: str, reason: str, code: str) -> InvalidInput:
     return InvalidInput(field, reason, code=code)
 
@@ -92,7 +116,9 @@ def _fail(field: str, reason: str, code: str) -> InvalidInput:
 def _in_range(field: str, value: object, low: float, high: float) -> None:
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if not number or not math.isfinite(value) or not low <= value <= high:  # type: ignore[arg-type]
-        raise _fail(field, f"must be between {low} and {high}, got {value!r}", "PARAM_OUT_OF_RANGE")
+        raise _fail(
+            field, f"must be between {low} and {high}, got {shown(value)}", "PARAM_OUT_OF_RANGE"
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -100,7 +126,7 @@ def _is_int(value: object) -> bool:
 
 
 def _check_uuid(field: str, value: object) -> None:
-    reason = f"must be a canonical lowercase UUID like {uuid.UUID(int=0)}, got {value!r}"
+    reason = f"must be a canonical lowercase UUID like {uuid.UUID(int=0)}, got {shown(value)}"
     if not isinstance(value, str) or len(value) != 36:
         raise _fail(field, reason, "INVALID_REQUEST_ID")
     try:
@@ -119,6 +145,7 @@ def _check_text(field: str, value: object, max_chars: int) -> None:
         raise _fail(field, reason, "PROMPT_TOO_LONG")
     if _CONTROL.search(value):
         raise _fail(field, "must not contain NUL or other control characters", "INVALID_TEXT")
+    _check_encodable(field, value)
 
 
 def _check_params(params: RequestParams, limits: RequestLimits) -> None:
@@ -128,7 +155,7 @@ def _check_params(params: RequestParams, limits: RequestLimits) -> None:
         value = getattr(params, name)
         if not _is_int(value):
             raise _fail(
-                f"params.{name}", f"must be an integer, got {value!r}", "PARAM_OUT_OF_RANGE"
+                f"params.{name}", f"must be an integer, got {shown(value)}", "PARAM_OUT_OF_RANGE"
             )
     _in_range("params.seed", params.seed, 0, limits.max_seed)
     _in_range("params.steps", params.steps, limits.min_steps, limits.max_steps)
@@ -146,7 +173,7 @@ def _check_params(params: RequestParams, limits: RequestLimits) -> None:
     _in_range("params.output_quality", params.output_quality, *quality)
     if not isinstance(params.output_format, ImageFormat):
         choices = ", ".join(f.value for f in ImageFormat)
-        reason = f"must be one of {choices}, got {params.output_format!r}"
+        reason = f"must be one of {choices}, got {shown(params.output_format)}"
         raise _fail("params.output_format", reason, "INVALID_CHOICE")
 
 
@@ -159,33 +186,34 @@ def check_face_key_in_tenant_prefix(ref: FaceImageRef, tenant_id: str) -> None:
     prefix = f"tenants/{tenant_id}/"
     key = ref.key
     if not isinstance(key, str) or not key.startswith(prefix) or len(key) == len(prefix):
-        reason = f"must start with {prefix!r} followed by a name, got {key!r}"
+        reason = f"must start with {prefix!r} followed by a name, got {shown(key)}"
         raise _fail("face.key", reason, "KEY_OUTSIDE_TENANT_PREFIX")
     if ".." in key or "\\" in key or "//" in key or _CONTROL.search(key):
-        reason = f"must not contain '..', '\\\\', '//' or control characters, got {key!r}"
+        reason = f"must not contain '..', '\\\\', '//' or control characters, got {shown(key)}"
         raise _fail("face.key", reason, "KEY_OUTSIDE_TENANT_PREFIX")
 
 
 def _check_content_type(field: str, content_type: object) -> None:
     if content_type not in ALLOWED_CONTENT_TYPES:
-        reason = f"must be one of {', '.join(ALLOWED_CONTENT_TYPES)}, got {content_type!r}"
+        reason = f"must be one of {', '.join(ALLOWED_CONTENT_TYPES)}, got {shown(content_type)}"
         raise _fail(field, reason, "UNSUPPORTED_IMAGE_FORMAT")
 
 
 def _check_face_ref(ref: FaceImageRef, tenant_id: str, limits: RequestLimits) -> None:
     if not isinstance(ref.bucket, str) or not _BUCKET.fullmatch(ref.bucket):
-        reason = f"must be a valid bucket name, got {ref.bucket!r}"
+        reason = f"must be a valid bucket name, got {shown(ref.bucket)}"
         raise _fail("face.bucket", reason, "INVALID_IMAGE_REF")
     if not isinstance(ref.key, str) or len(ref.key) > limits.max_key_chars:
         reason = f"must be a string of at most {limits.max_key_chars} characters"
         raise _fail("face.key", reason, "INVALID_IMAGE_REF")
+    _check_encodable("face.key", ref.key)
     check_face_key_in_tenant_prefix(ref, tenant_id)
     if not isinstance(ref.sha256, str) or not _SHA256.fullmatch(ref.sha256):
-        reason = f"must be 64 lowercase hex characters, got {ref.sha256!r}"
+        reason = f"must be 64 lowercase hex characters, got {shown(ref.sha256)}"
         raise _fail("face.sha256", reason, "INVALID_IMAGE_REF")
     _check_content_type("face.content_type", ref.content_type)
     if not _is_int(ref.size_bytes) or ref.size_bytes <= 0:
-        reason = f"must be a positive integer, got {ref.size_bytes!r}"
+        reason = f"must be a positive integer, got {shown(ref.size_bytes)}"
         raise _fail("face.size_bytes", reason, "MISSING_IMAGE")
     if ref.size_bytes > limits.max_face_image_bytes:
         reason = f"must be at most {limits.max_face_image_bytes} bytes, got {ref.size_bytes}"
@@ -223,11 +251,13 @@ def _check_map(
         raise _fail(field, reason, "TOO_MANY_ATTRIBUTES")
     for key, value in values.items():
         if not isinstance(key, str) or not 1 <= len(key) <= max_key:
-            reason = f"keys must be 1 to {max_key} characters, got {key!r}"
+            reason = f"keys must be 1 to {max_key} characters, got {shown(key)}"
             raise _fail(field, reason, "ATTRIBUTE_TOO_LONG")
+        _check_encodable(f"{field} key {shown(key)}", key)
         if not isinstance(value, str) or len(value) > max_value:
             reason = f"must be a string of at most {max_value} characters"
             raise _fail(f"{field}.{key}", reason, "ATTRIBUTE_TOO_LONG")
+        _check_encodable(f"{field}.{key}", value)
 
 
 def validate_request(req: GenerationRequest, limits: RequestLimits = RequestLimits()) -> None:
@@ -235,12 +265,12 @@ def validate_request(req: GenerationRequest, limits: RequestLimits = RequestLimi
     # Step 1. Identity.
     _check_uuid("request_id", req.request_id)
     if not isinstance(req.tenant_id, str) or not re.fullmatch(limits.tenant_pattern, req.tenant_id):
-        reason = f"must match {limits.tenant_pattern}, got {req.tenant_id!r}"
+        reason = f"must match {limits.tenant_pattern}, got {shown(req.tenant_id)}"
         raise _fail("tenant_id", reason, "INVALID_TENANT")
     if req.replay_of is not None:
         _check_uuid("replay_of", req.replay_of)
     if not isinstance(req.lane, Lane):
-        reason = f"must be one of {', '.join(lane.value for lane in Lane)}, got {req.lane!r}"
+        reason = f"must be one of {', '.join(lane.value for lane in Lane)}, got {shown(req.lane)}"
         raise _fail("lane", reason, "INVALID_CHOICE")
 
     # Step 2. Time. Records coerce datetimes to aware UTC, so only the ordering is left.
