@@ -25,7 +25,7 @@ from typing import Any
 from infra.stack.artifacts import ensure_artifacts
 from infra.stack.cluster import bootstrap_servers, ensure_layout, wait_settled
 from infra.stack.component import Component
-from infra.stack.config import StackConfig
+from infra.stack.config import StackConfig, record_ports
 from infra.stack.exceptions import ComponentNotReady, StackError
 from infra.stack.kafka import KafkaBroker, kafka_nodes, probe_cluster
 from infra.stack.processes import is_paused, stop, tail
@@ -77,6 +77,7 @@ def stack_up(config: StackConfig, *, only: Collection[str] | None = None) -> UpR
     """
     with _locked(config):
         ensure_layout(config)
+        record_ports(config)
         state = read_state(config.state_file)
         actions: dict[str, str] = {}
         to_start: list[Component] = []

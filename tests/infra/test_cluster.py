@@ -113,6 +113,14 @@ def test_status_lists_every_broker_and_everything_is_replicated(cluster_stack, u
     assert settings.bootstrap_servers == status["bootstrap_servers"]
     assert load_stack_config(config.state_dir).brokers == 3  # a plain `up` keeps 3 nodes
 
+    # The CLI finds the cluster, its size and its ports from F2P_STACK_DIR alone.
+    cli = _f2p(["stack", "status", "--json"], config.state_dir)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    listed = json.loads(cli.stdout)["brokers"]
+    assert [(b["id"], b["endpoint"], b["pid"], b["healthy"]) for b in listed] == [
+        (b["id"], b["endpoint"], b["pid"], True) for b in brokers
+    ]
+
     # Internal topics come into being with their first user: a transaction and a group commit.
     admin = make_admin(settings)
     topic = create_topic(admin, unique_name("repl"), partitions=3)
