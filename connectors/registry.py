@@ -1,4 +1,12 @@
-"""The schema registry client (Confluent API; Apicurio's ccompat endpoint on the embedded stack).
+"""The schema registry client (Confluent API; Apicurio's ccompat endpoint on the embedded stack),
+and the registration of every project subject.
+
+Which subjects exist is declared once, in ``infra/topics.toml``: each topic with a
+``value_schema`` gets the subject ``<topic>-value`` (TopicNameStrategy) carrying that record.
+:func:`register_project_schemas` registers them all with ``FULL_TRANSITIVE`` set *before* the
+first version, because Apicurio's global default is ``NONE`` (docs/SCHEMA_EVOLUTION.md). It runs
+on ``f2p stack up`` (embedded stack), ``f2p topics apply`` (any cluster) and
+``f2p schemas register``.
 
 An unreachable registry (connection refused, timeouts, 5xx after the client's own retries)
 surfaces as :class:`RegistryUnavailable`, one line naming the registry URL, instead of the HTTP
@@ -10,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,11 +28,15 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from connectors.settings import Settings
 from f2p_errors import F2PError
+from infra.topics import TopicSpec, load_topic_specs
+from schemas.codec import DEFAULT_COMPATIBILITY, register_all
 
 try:  # the HTTP library confluent-kafka uses (httpx2 when installed, else httpx)
     from confluent_kafka.schema_registry.common._httpx_compat import httpx as _httpx
 except ImportError:  # pragma: no cover - older confluent-kafka
     import httpx as _httpx
+
+logger = logging.getLogger(__name__)
 
 
 class RegistryUnavailable(F2PError, ConnectionError):
@@ -83,9 +96,47 @@ for _name, _method in list(vars(SchemaRegistryClient).items()):
         setattr(GuardedRegistryClient, _name, _guarded(_method))
 
 
-def make_registry_client(settings: Settings) -> SchemaRegistryClient:
-    """A caching registry client; schemas are fetched once per id and process."""
-    config = {"url": settings.registry_url}
-    if settings.registry_basic_auth:
-        config["basic.auth.user.info"] = settings.registry_basic_auth
+def registry_client(url: str, basic_auth: str | None = None) -> SchemaRegistryClient:
+    """A caching registry client for ``url``; schemas are fetched once per id and process."""
+    config = {"url": url}
+    if basic_auth:
+        config["basic.auth.user.info"] = basic_auth
     return GuardedRegistryClient(config)
+
+
+def make_registry_client(settings: Settings) -> SchemaRegistryClient:
+    """The registry client of ``settings``."""
+    return registry_client(settings.registry_url, settings.registry_basic_auth)
+
+
+def project_subjects(specs: Iterable[TopicSpec] | None = None) -> dict[str, str]:
+    """``{topic: record name}`` for every topic of ``specs`` (default: ``infra/topics.toml``)
+    that carries Avro values."""
+    specs = load_topic_specs() if specs is None else specs
+    return {s.name: s.value_schema for s in specs if s.value_schema is not None}
+
+
+def register_project_schemas(
+    registry: SchemaRegistryClient,
+    specs: Iterable[TopicSpec] | None = None,
+    *,
+    compatibility: str = DEFAULT_COMPATIBILITY,
+) -> dict[str, int]:
+    """Register the current schema of every project subject; return ``{subject: schema id}``.
+
+    Idempotent: an unchanged schema keeps its id and version. Raises ``SchemaIncompatible``
+    when the registry refuses a schema, and the client's error when the registry is down.
+    """
+    by_record: dict[str, list[str]] = {}
+    for topic, record in project_subjects(specs).items():
+        by_record.setdefault(record, []).append(topic)
+    ids = register_all(registry, by_record, compatibility)
+    logger.info("registered %d subject(s) under %s", len(ids), compatibility)
+    return ids
+
+
+def register_stack_schemas(registry_url: str) -> dict[str, int]:
+    """:func:`register_project_schemas` at ``registry_url``: what ``f2p stack up`` runs once the
+    registry is ready (its storage is in memory, so every start needs it)."""
+    with registry_client(registry_url) as registry:
+        return register_project_schemas(registry)

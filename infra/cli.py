@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from infra.stack.config import MAX_BROKERS, load_stack_config
 from infra.stack.launcher import stack_down, stack_status, stack_up
-from infra.topics import apply_topics, describe_configs, format_replication, load_topic_specs
+from infra.topics import (
+    TopicSpec,
+    apply_topics,
+    describe_configs,
+    format_replication,
+    load_topic_specs,
+)
+
+if TYPE_CHECKING:
+    from connectors.settings import Settings
 
 
 @click.group("stack")
@@ -91,10 +101,21 @@ _suffix = click.option("--suffix", default="", help="Append to every topic name 
 @click.option("--raise-partitions", is_flag=True, help="Add partitions where the spec has more.")
 @click.option("--alter-configs", is_flag=True, help="Set topic configs that drifted from the spec.")
 @click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.option(
+    "--skip-schemas",
+    is_flag=True,
+    help="Do not register the topics' value schemas (run `f2p schemas register` later).",
+)
 def topics_apply_cmd(
-    profile: str | None, suffix: str, raise_partitions: bool, alter_configs: bool, dry_run: bool
+    profile: str | None,
+    suffix: str,
+    raise_partitions: bool,
+    alter_configs: bool,
+    dry_run: bool,
+    skip_schemas: bool,
 ) -> None:
-    """Create missing topics, report drift; idempotent.
+    """Create missing topics, report drift, and register every topic's value schema
+    (subject <topic>-value, FULL_TRANSITIVE); idempotent.
 
     Without --profile the spec's defaults apply (replication 1, for the 1-broker embedded
     stack); on a larger cluster that is warned about, not silently changed: pass
@@ -105,10 +126,12 @@ def topics_apply_cmd(
     from connectors.kafka import make_admin
     from connectors.settings import load_settings
 
-    admin = make_admin(load_settings())
+    settings = load_settings()
+    admin = make_admin(settings)
+    specs = load_topic_specs(profile=profile, suffix=suffix)
     report = apply_topics(
         admin,
-        load_topic_specs(profile=profile, suffix=suffix),
+        specs,
         raise_partitions=raise_partitions,
         alter_configs=alter_configs,
         dry_run=dry_run,
@@ -134,6 +157,18 @@ def topics_apply_cmd(
         click.echo(f"WARNING: {warning}", err=True)
     if not report.changed:
         click.echo("nothing to change")
+    if not skip_schemas and not dry_run:
+        _register_schemas(settings, specs)
+
+
+def _register_schemas(settings: Settings, specs: list[TopicSpec]) -> None:
+    """Register the value schema of every spec'd topic and print one line per subject."""
+    from connectors.registry import make_registry_client, register_project_schemas
+
+    with make_registry_client(settings) as registry:
+        ids = register_project_schemas(registry, specs)
+    for subject, schema_id in ids.items():
+        click.echo(f"schema registered  {subject} (id {schema_id}, FULL_TRANSITIVE)")
 
 
 @topics_group.command("list")

@@ -26,6 +26,7 @@ from confluent_kafka.admin import (
 )
 
 from f2p_errors import ConfigError, F2PError
+from schemas.catalog import RECORD_NAMES
 
 TOPICS_FILE = Path(__file__).with_name("topics.toml")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -33,13 +34,15 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """One topic as declared: name, partitions, replication and topic-level configs."""
+    """One topic as declared: name, partitions, replication, topic-level configs, and the Avro
+    record its values carry (``value_schema``, None for a topic without registry-framed Avro)."""
 
     name: str
     partitions: int
     replication_factor: int
     config: dict[str, str]
     doc: str = ""
+    value_schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,12 @@ def load_topic_specs(
         if not isinstance(partitions, int) or partitions < 1:
             raise ConfigError(f"{path}: topics.{name}.partitions must be a positive integer")
         config = {**base_config, **{k: str(v) for k, v in body.get("config", {}).items()}}
+        value_schema = body.get("value_schema")
+        if value_schema is not None and value_schema not in RECORD_NAMES:
+            raise ConfigError(
+                f"{path}: topics.{name}.value_schema {value_schema!r} is not a record in "
+                f"schemas/avro (known: {', '.join(RECORD_NAMES)})"
+            )
         if not _TOPIC_NAME.fullmatch(name + suffix):
             raise ConfigError(
                 f"topic name {(name + suffix)[:300]!r} is not a legal Kafka topic name (letters, "
@@ -107,6 +116,7 @@ def load_topic_specs(
                 replication_factor=body.get("replication_factor", replication),
                 config=config,
                 doc=body.get("doc", ""),
+                value_schema=value_schema,
             )
         )
     return specs

@@ -118,6 +118,8 @@ def stack_up(config: StackConfig, *, only: Collection[str] | None = None) -> UpR
         if config.brokers > 1 and any(n.startswith("kafka") for n in actions):
             cluster_ready = _wait_cluster(config, state)
         ready = {n: c.ready_after_s for n, c in state.components.items()}
+        if ApicurioRegistry.name in actions:  # not when only Kafka nodes were asked for
+            _register_schemas(state)
         return UpReport(actions=actions, ready_after_s=ready, cluster_ready_after_s=cluster_ready)
 
 
@@ -159,6 +161,13 @@ def _wait_cluster(config: StackConfig, state: StackState) -> float:
             if time.monotonic() > deadline:
                 raise StackError(f"Kafka cluster at {bootstrap} does not serve: {exc}") from exc
             time.sleep(0.2)
+
+
+def _register_schemas(state: StackState) -> None:
+    """Every subject of infra/topics.toml, FULL_TRANSITIVE from its first version (issue 12)."""
+    from connectors.registry import register_stack_schemas
+
+    register_stack_schemas(state.components[ApicurioRegistry.name].endpoint)
 
 
 def _wait_healthy(config: StackConfig, state: StackState, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -32,6 +33,53 @@ def test_spec_declares_every_pipeline_topic() -> None:
     } <= names
     dedupe = next(s for s in load_topic_specs() if s.name == "f2p.dedupe.v1")
     assert dedupe.config["cleanup.policy"] == "compact"
+
+
+def test_every_topic_declares_the_record_its_values_carry() -> None:
+    schemas = {s.name: s.value_schema for s in load_topic_specs()}
+    assert schemas["f2p.requests.interactive"] == schemas["f2p.retry.v1"] == "GenerationRequest"
+    assert schemas["f2p.results.v1"] == "GenerationResult"
+    assert schemas["f2p.dlq.v1"] == "DeadLetter"
+    assert schemas["f2p.analytics.v1"] == "AnalyticsWindow"
+    assert schemas["f2p.status.v1"] == "RequestStatus"
+    assert schemas["f2p.control.v1"] == "ControlCommand"
+    assert schemas["f2p.dedupe.v1"] is None  # no registry-framed Avro
+    status = next(s for s in load_topic_specs() if s.name == "f2p.status.v1")
+    assert "compact" in status.config["cleanup.policy"]
+
+
+def test_an_unknown_value_schema_is_refused(tmp_path) -> None:
+    path = tmp_path / "topics.toml"
+    path.write_text('[topics."t"]\npartitions = 1\nvalue_schema = "Order"\n')
+    with pytest.raises(ConfigError, match="value_schema 'Order'"):
+        load_topic_specs(path)
+
+
+@pytest.mark.integration
+def test_apply_cli_registers_every_value_schema(stack_settings, admin, unique_name) -> None:
+    from click.testing import CliRunner
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from infra.cli import topics_group
+
+    suffix = "." + unique_name("t")
+    specs = load_topic_specs(suffix=suffix)
+    registry = SchemaRegistryClient({"url": stack_settings.registry_url})
+    subjects = [f"{s.name}-value" for s in specs if s.value_schema]
+    try:
+        result = CliRunner().invoke(topics_group, ["apply", "--suffix", suffix])
+        assert result.exit_code == 0, result.output
+        for subject in subjects:
+            assert f"schema registered  {subject}" in result.output
+            assert registry.get_compatibility(subject) == "FULL_TRANSITIVE"
+        assert "f2p.dedupe.v1" + suffix + "-value" not in result.output
+    finally:
+        delete_topics(admin, [s.name for s in specs])
+        for subject in subjects:
+            for permanent in (False, True):
+                with contextlib.suppress(SchemaRegistryError):  # already gone
+                    registry.delete_subject(subject, permanent=permanent)
 
 
 def test_production_profile_overlays_replication() -> None:
@@ -152,11 +200,11 @@ def test_apply_without_a_profile_on_three_brokers_warns_and_production_does_not(
 
     done = _f2p(["topics", "apply", "--suffix", suffix, "--profile", "production"], stack_dir)
     assert done.returncode == 0, done.stderr
-    assert "WARNING" not in done.stderr
+    assert "WARNING: the cluster has" not in done.stderr
     listed = _f2p(["topics", "list", "--suffix", suffix, "--profile", "production"], stack_dir)
     assert listed.returncode == 0, listed.stderr
     rows = [line.split() for line in listed.stdout.splitlines() if suffix in line]
-    assert len(rows) == 7
+    assert len(rows) == len(load_topic_specs())
     assert {tuple(r[4:10]) for r in rows} == {("3", "/", "3", "2", "/", "2")}
     from connectors.kafka import make_admin
 
