@@ -16,7 +16,8 @@ Error codes (``InvalidInput.code``):
                                enum's symbols (preset may also be null)
 ``EMPTY_PROMPT``               prompt is empty or only whitespace
 ``PROMPT_TOO_LONG``            prompt / negative_prompt is longer than the limit
-``INVALID_TEXT``               prompt / negative_prompt contains NUL or other control characters
+``INVALID_TEXT``               prompt / negative_prompt contains NUL or other control characters,
+                               or any text field (attributes too) cannot be encoded as UTF-8
 ``PARAM_OUT_OF_RANGE``         a generation parameter is outside its bounds (or not finite)
 ``MISSING_IMAGE``              no face image, or an empty one
 ``IMAGE_TOO_LARGE``            inline bytes or the referenced object exceed their byte limit
@@ -90,6 +91,20 @@ class RequestLimits:
     tenant_pattern: str = r"^[a-z0-9][a-z0-9-]{1,62}$"
 
 
+def _check_encodable(field: str, value: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (lone surrogates: from undecodable bytes on a
+    command line, or a ``\\ud800`` escape in JSON): Avro strings are UTF-8, and encoding would
+    otherwise fail later, far from the field."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        reason = (
+            f"must be valid Unicode text: character {exc.start} is a lone surrogate "
+            f"({value[exc.start]!r}); is the input UTF-8?"
+        )
+        raise _fail(field, reason, "INVALID_TEXT") from None
+
+
 def _fail(field: str, reason: str, code: str) -> InvalidInput:
     return InvalidInput(field, reason, code=code)
 
@@ -101,6 +116,10 @@ def _short(value: object, limit: int = 80) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"
+
+
+#: Public for other modules that quote input in refusals (connectors.publish_batch).
+shown = _short
 
 
 def _in_range(field: str, value: object, low: float, high: float) -> None:
@@ -135,6 +154,7 @@ def _check_text(field: str, value: object, max_chars: int) -> None:
         raise _fail(field, reason, "PROMPT_TOO_LONG")
     if _CONTROL.search(value):
         raise _fail(field, "must not contain NUL or other control characters", "INVALID_TEXT")
+    _check_encodable(field, value)
 
 
 def _check_params(params: RequestParams, limits: RequestLimits) -> None:
@@ -199,6 +219,7 @@ def _check_face_ref(ref: FaceImageRef, tenant_id: str, limits: RequestLimits) ->
     if not isinstance(ref.key, str) or len(ref.key) > limits.max_key_chars:
         reason = f"must be a string of at most {limits.max_key_chars} characters"
         raise _fail("face.key", reason, "INVALID_IMAGE_REF")
+    _check_encodable("face.key", ref.key)
     check_face_key_in_tenant_prefix(ref, tenant_id)
     if not isinstance(ref.sha256, str) or not _SHA256.fullmatch(ref.sha256):
         reason = f"must be 64 lowercase hex characters, got {_short(ref.sha256)}"
@@ -245,9 +266,11 @@ def _check_map(
         if not isinstance(key, str) or not 1 <= len(key) <= max_key:
             reason = f"keys must be 1 to {max_key} characters, got {_short(key)}"
             raise _fail(field, reason, "ATTRIBUTE_TOO_LONG")
+        _check_encodable(f"{field} key {_short(key)}", key)
         if not isinstance(value, str) or len(value) > max_value:
             reason = f"must be a string of at most {max_value} characters"
             raise _fail(f"{field}.{key}", reason, "ATTRIBUTE_TOO_LONG")
+        _check_encodable(f"{field}.{key}", value)
 
 
 def validate_identity(req: GenerationRequest, limits: RequestLimits = RequestLimits()) -> None:
