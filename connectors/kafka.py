@@ -12,7 +12,13 @@ import socket
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from connectors.settings import Settings
 
@@ -129,12 +135,64 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
     }
 
 
+# Settings of the classic group protocol that KIP-848 moves to the broker (group configs).
+_CLASSIC_ONLY = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms")
+
+
 def make_consumer(
-    settings: Settings, group_id: str, *, client_id: str | None = None, **overrides: Any
+    settings: Settings,
+    group_id: str,
+    *,
+    client_id: str | None = None,
+    group_protocol: str = "classic",
+    **overrides: Any,
 ) -> Consumer:
-    """A consumer in ``group_id`` reading committed data only, committing nothing by itself."""
-    config = consumer_config(settings, group_id, client_id or group_id)
-    return Consumer({**config, **_overrides(overrides)})
+    """A consumer in ``group_id`` reading committed data only, committing nothing by itself.
+
+    ``group_protocol="consumer"`` joins with KIP-848 and the broker's ``range`` assignor: every
+    topic's partitions are spread evenly over the members (the classic cooperative-sticky
+    assignor balances the *total* count, so one worker could get all of one lane and another
+    none), rebalances stay incremental and sticky, and co-partitioned topics give the same
+    partition numbers to the same member. Session and heartbeat times are then group configs
+    (``configure_group``).
+    """
+    config = {**consumer_config(settings, group_id, client_id or group_id), **_overrides(overrides)}
+    if group_protocol == "consumer":
+        for key in _CLASSIC_ONLY:
+            config.pop(key, None)
+        config["group.protocol"] = "consumer"
+        config["group.remote.assignor"] = "range"
+    return Consumer(config)
+
+
+def configure_group(
+    admin: AdminClient, group_id: str, *, session_timeout_ms: int, heartbeat_interval_ms: int
+) -> str | None:
+    """Set a KIP-848 group's session and heartbeat times (idempotent); the reason when the broker
+    refused (e.g. below its group.consumer.min.session.timeout.ms, 45 s by default): the group
+    then keeps the broker's defaults."""
+    resource = ConfigResource(
+        ResourceType.GROUP,
+        group_id,
+        incremental_configs=[
+            ConfigEntry(
+                "consumer.session.timeout.ms",
+                str(session_timeout_ms),
+                incremental_operation=AlterConfigOpType.SET,
+            ),
+            ConfigEntry(
+                "consumer.heartbeat.interval.ms",
+                str(heartbeat_interval_ms),
+                incremental_operation=AlterConfigOpType.SET,
+            ),
+        ],
+    )
+    try:
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=30)
+    except Exception as exc:  # the group still works, with the broker's timings
+        return str(exc)
+    return None
 
 
 def make_admin(settings: Settings, **overrides: Any) -> AdminClient:

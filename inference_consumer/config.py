@@ -85,6 +85,9 @@ class WorkerConfig:
     # session timeout (measured 6.6 s vs 0.8 s). Off by default: hand-over on shutdown matters
     # more for a GPU fleet that scales in and out than rebalance-free restarts.
     static_membership: bool = False
+    # "consumer": KIP-848 with the broker's range assignor (each lane spread evenly over the
+    # workers; Kafka 4.0+). "classic": cooperative-sticky (older brokers).
+    group_protocol: str = "consumer"
     shutdown_timeout_s: float = 30.0
     metrics_port: int = 0  # 0: no HTTP server
     # Loopback by default; 0.0.0.0 in a container, where probes and Prometheus come from outside.
@@ -145,6 +148,8 @@ class WorkerConfig:
             raise fail("max_window", "at most 8192 (it travels in the commit metadata)")
         if self.max_batch_wait_ms < 0:
             raise fail("max_batch_wait_ms", ">= 0")
+        if self.group_protocol not in ("consumer", "classic"):
+            raise fail("group_protocol", "'consumer' (KIP-848) or 'classic'")
         timeouts = self.kafka_timeouts(brokers=1)
         if timeouts.heartbeat_interval_ms * 3 > timeouts.session_timeout_ms:
             raise fail("heartbeat_interval_ms", "<= session_timeout_ms / 3")

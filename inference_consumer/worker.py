@@ -23,7 +23,12 @@ from typing import Any
 
 from connectors.eos.loop import EosLoop, LoopConfig
 from connectors.eos.producer import TransactionalProducer
-from connectors.kafka import make_admin, make_consumer, make_transactional_producer
+from connectors.kafka import (
+    configure_group,
+    make_admin,
+    make_consumer,
+    make_transactional_producer,
+)
 from connectors.kafka_retry import retry_kafka
 from connectors.registry import make_registry_client
 from connectors.s3 import make_s3_client
@@ -206,7 +211,24 @@ class Worker:
         missing = [t for t in needed if t not in metadata.topics]
         if missing:
             raise ConfigError(f"topics {missing} do not exist; run `f2p topics apply`")
-        return len(metadata.brokers)
+        brokers = len(metadata.brokers)
+        if self.config.group_protocol == "consumer":
+            timeouts = self.config.kafka_timeouts(brokers=brokers)
+            refused = configure_group(
+                admin,
+                self.config.group_id,
+                session_timeout_ms=timeouts.session_timeout_ms,
+                heartbeat_interval_ms=timeouts.heartbeat_interval_ms,
+            )
+            if refused:
+                log.warning(
+                    "group %s keeps the broker's session timeout (raise nothing, lower "
+                    "group.consumer.min.session.timeout.ms to allow %d ms): %s",
+                    self.config.group_id,
+                    timeouts.session_timeout_ms,
+                    refused,
+                )
+        return brokers
 
     # -- clients --------------------------------------------------------------------------------
 
@@ -220,7 +242,13 @@ class Worker:
         }
         if c.static_membership:
             extra["group.instance.id"] = c.worker_id
-        return make_consumer(self.settings, c.group_id, client_id=c.worker_id, config=extra)
+        return make_consumer(
+            self.settings,
+            c.group_id,
+            client_id=c.worker_id,
+            group_protocol=c.group_protocol,
+            config=extra,
+        )
 
     def _real_producer(self, timeouts: KafkaTimeouts) -> Any:
         self.metrics.producers_created.inc()
