@@ -31,6 +31,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from connectors.kafka import make_admin, make_consumer, make_producer
+from connectors.partitioner import partition_for
 from connectors.registry import make_registry_client
 from connectors.settings import Settings
 from f2p_errors import F2PError
@@ -54,34 +55,9 @@ class BenchError(F2PError):
 # -- keys ------------------------------------------------------------------------------------------
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's and librdkafka's ``murmur2_random`` partitioner)."""
-    m, r = 0x5BD1E995, 24
-    h = (0x9747B28C ^ len(data)) & 0xFFFFFFFF
-    end = len(data) & ~3
-    for i in range(0, end, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    extra = len(data) & 3
-    if extra == 3:
-        h ^= data[end + 2] << 16
-    if extra >= 2:
-        h ^= data[end + 1] << 8
-    if extra >= 1:
-        h ^= data[end]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
 def partition_of(request_id: str, partitions: int = PARTITIONS) -> int:
     """The partition the default partitioner sends ``request_id`` (as the key) to."""
-    return (murmur2(request_id.encode()) & 0x7FFFFFFF) % partitions
+    return partition_for(request_id, partitions)
 
 
 def balanced_request_ids(n: int, partitions: int = PARTITIONS) -> list[str]:

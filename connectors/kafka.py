@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -205,3 +206,33 @@ def _overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     config = dict(overrides.pop("config", None) or {})
     config.update({k.replace("_", "."): v for k, v in overrides.items()})
     return config
+
+
+@dataclass(frozen=True)
+class KafkaTimeouts:
+    """Failure-detection timeouts of one worker.
+
+    A single-node cluster cannot fail over, so its members can detect each other's death fast
+    (6 s session, 10 s transactions: a kill -9 is over in seconds). A real cluster's brokers
+    detect a dead broker after broker.session.timeout.ms (9 s) and then move leadership and
+    group coordinators; a client session shorter than that expired every worker at once when the
+    coordinator's broker died (issue 7: all sessions lost, every open transaction aborted). So
+    clusters get a 20 s session (about twice the broker's detection) and 20 s transactions (a
+    transaction open longer than a broker failover is aborted by the coordinator — work redone,
+    nothing lost — while a dead worker's open transaction delays its partitions' new owner by at
+    most that long).
+    """
+
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    transaction_timeout_ms: int
+
+    @classmethod
+    def for_cluster(cls, brokers: int) -> KafkaTimeouts:
+        if brokers <= 1:
+            return cls(
+                session_timeout_ms=6000, heartbeat_interval_ms=1000, transaction_timeout_ms=10_000
+            )
+        return cls(
+            session_timeout_ms=20_000, heartbeat_interval_ms=3000, transaction_timeout_ms=20_000
+        )

@@ -22,14 +22,26 @@ KAFKA_PASSTHROUGH_PREFIX = "F2P_KAFKA_CONFIG_"
 
 @dataclass(frozen=True)
 class TopicNames:
-    """The pipeline's topic names (see ``infra/topics.toml``)."""
+    """The pipeline's topic names (see ``infra/topics.toml``).
+
+    Upstream systems write the *ingress* topics (``requests_*``: untrusted, any key, any
+    partitioner); admission reads them, repartitions by request_id, deduplicates and writes each
+    admitted request once to an internal *lane* (``lanes_*``), which only admission writes and
+    the workers serve.
+    """
 
     requests_interactive: str = "f2p.requests.interactive"
     requests_batch: str = "f2p.requests.batch"
+    admission_repartition: str = "f2p.admission.repartition.v1"
+    admission_dedupe: str = "f2p.admission.dedupe.v1"
+    lanes_interactive: str = "f2p.lanes.interactive.v1"
+    lanes_batch: str = "f2p.lanes.batch.v1"
+    lanes_overquota: str = "f2p.lanes.overquota.v1"
     results: str = "f2p.results.v1"
     retry: str = "f2p.retry.v1"
     dlq: str = "f2p.dlq.v1"
-    dedupe: str = "f2p.dedupe.v1"
+    status: str = "f2p.status.v1"
+    control: str = "f2p.control.v1"
     analytics: str = "f2p.analytics.v1"
 
     def with_suffix(self, suffix: str) -> TopicNames:
@@ -38,8 +50,17 @@ class TopicNames:
 
     @property
     def request_lanes(self) -> tuple[str, str]:
-        """Request topics in priority order: interactive first."""
+        """Ingress topics in priority order: interactive first."""
         return (self.requests_interactive, self.requests_batch)
+
+    @property
+    def worker_lanes(self) -> dict[str, str]:
+        """Lane name -> internal lane topic, heaviest first: what the workers serve."""
+        return {
+            "interactive": self.lanes_interactive,
+            "batch": self.lanes_batch,
+            "overquota": self.lanes_overquota,
+        }
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ on the embedded stack; the retry policy's fields have ``F2P_WORKER_RETRY_*`` var
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from connectors.env_config import env_values, parse_value
+from connectors.kafka import KafkaTimeouts
 from f2p_errors import ConfigError
 from schemas.records import ImageFormat
 
@@ -100,13 +101,16 @@ class WorkerConfig:
     @classmethod
     def from_env(cls, **overrides: Any) -> WorkerConfig:
         """Defaults < ``F2P_WORKER_<FIELD>`` variables < ``overrides`` (CLI flags)."""
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = os.environ.get(f"F2P_WORKER_{f.name.upper()}")
-            if raw is not None and f.name not in ("retry", "lanes", "lane_weights"):
-                values[f.name] = _parse(f"F2P_WORKER_{f.name.upper()}", raw, f.type)
+        values = env_values(
+            cls,
+            "F2P_WORKER_",
+            skip=("retry", "lanes", "lane_weights"),
+            enums={"output_format": ImageFormat},
+        )
         retry = {
-            f.name: _parse(RETRY_VARIABLES[f.name], os.environ[RETRY_VARIABLES[f.name]], f.type)
+            f.name: parse_value(
+                RETRY_VARIABLES[f.name], os.environ[RETRY_VARIABLES[f.name]], str(f.type)
+            )
             for f in dataclasses.fields(RetryPolicy)
             if RETRY_VARIABLES[f.name] in os.environ
         }
@@ -182,36 +186,6 @@ class WorkerConfig:
         )
 
 
-@dataclass(frozen=True)
-class KafkaTimeouts:
-    """Failure-detection timeouts of one worker.
-
-    A single-node cluster cannot fail over, so its members can detect each other's death fast
-    (6 s session, 10 s transactions: a kill -9 is over in seconds). A real cluster's brokers
-    detect a dead broker after broker.session.timeout.ms (9 s) and then move leadership and
-    group coordinators; a client session shorter than that expired every worker at once when the
-    coordinator's broker died (issue 7: all sessions lost, every open transaction aborted). So
-    clusters get a 20 s session (about twice the broker's detection) and 20 s transactions (a
-    transaction open longer than a broker failover is aborted by the coordinator — work redone,
-    nothing lost — while a dead worker's open transaction delays its partitions' new owner by at
-    most that long).
-    """
-
-    session_timeout_ms: int
-    heartbeat_interval_ms: int
-    transaction_timeout_ms: int
-
-    @classmethod
-    def for_cluster(cls, brokers: int) -> KafkaTimeouts:
-        if brokers <= 1:
-            return cls(
-                session_timeout_ms=6000, heartbeat_interval_ms=1000, transaction_timeout_ms=10_000
-            )
-        return cls(
-            session_timeout_ms=20_000, heartbeat_interval_ms=3000, transaction_timeout_ms=20_000
-        )
-
-
 _WORKER_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 # RetryPolicy field -> environment variable.
@@ -226,28 +200,3 @@ RETRY_VARIABLES = {
 
 def _variable(name: str) -> str:
     return f"F2P_WORKER_{name.upper()}"
-
-
-def _parse(name: str, raw: str, type_: Any) -> Any:
-    kind = str(type_)
-    try:
-        if len(raw) > 256:
-            raise ValueError("too long")
-        if "None" in kind and raw.strip() == "":
-            return None
-        if "bool" in kind:
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if "int" in kind:
-            return int(raw)
-        if "float" in kind:
-            value = float(raw)
-            if not math.isfinite(value):
-                raise ValueError(raw)
-            return value
-        if "ImageFormat" in kind:
-            return ImageFormat(raw.upper())
-    except ValueError:
-        raise ConfigError(f"{name}: cannot parse {raw[:64]!r} as {kind}") from None
-    return raw

@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from connectors.eos.records import TP, Completion, MessageRef
+from connectors.headers import BadHeader, check_headers
 from inference_consumer.batcher import RequestBatcher
-from inference_consumer.headers import BadHeader, check_headers, parse_retry_headers
+from inference_consumer.headers import parse_retry_headers
 from inference_consumer.outcomes import OutcomeWriter
 from inference_consumer.stages import (
     EngineLoop,
@@ -120,6 +121,9 @@ class WorkerHandler:
 
     def last_progress(self) -> float:
         return self.engine_loop.last_progress
+
+    def ready(self, tp: TP) -> bool:
+        return True  # no state of its own: the commit metadata is all a partition needs
 
     # -- on the prefetch pool ---------------------------------------------------------------
 

@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from connectors.dead_letters import build_dead_letter
 from connectors.eos.records import Completion, OutputRecord
 from connectors.settings import TopicNames
-from inference_consumer.dead_letters import build_dead_letter
 from inference_consumer.headers import ATTEMPT_HEADER, NOT_BEFORE_HEADER, ORIGIN_HEADER
 from inference_consumer.work import Outcome, OutcomeKind, WorkItem
 from schemas.codec import AvroCodec

@@ -25,10 +25,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from connectors.dead_letters import ClaimCheck, build_dead_letter
 from f2p_errors import F2PError, InvalidInput
 from inference_consumer.batcher import RequestBatcher
 from inference_consumer.config import WorkerConfig
-from inference_consumer.dead_letters import ClaimCheck, build_dead_letter
 from inference_consumer.engines.base import Engine, EngineOutput, EngineRequest, GenerationParams
 from inference_consumer.engines.exceptions import EngineInputError
 from inference_consumer.memory import DecodeBudget, HeldBytes, image_bytes

@@ -23,6 +23,7 @@ from typing import Any
 
 from connectors.eos.loop import EosLoop, LoopConfig
 from connectors.eos.producer import TransactionalProducer
+from connectors.health import HealthServer
 from connectors.kafka import (
     configure_group,
     make_admin,
@@ -39,7 +40,7 @@ from inference_consumer.config import KafkaTimeouts, WorkerConfig
 from inference_consumer.engines.base import Engine
 from inference_consumer.handler import WorkerHandler
 from inference_consumer.memory import DecodeBudget, HeldBytes
-from inference_consumer.metrics import HealthServer, WorkerMetrics
+from inference_consumer.metrics import WorkerMetrics
 from inference_consumer.outcomes import OutcomeWriter
 from inference_consumer.stages import EngineLoop, StageContext, engine_params, release_face
 from inference_consumer.work import Outcome
@@ -74,10 +75,13 @@ class Worker:
         self.engine = engine
         self.metrics = WorkerMetrics(config.worker_id)
         topics = settings.topics
-        self.lane_topics = {
-            "interactive": topics.requests_interactive,
-            "batch": topics.requests_batch,
-        }
+        # Lane name -> the internal lane topic (admission writes them; retries name them).
+        self.lane_topics = topics.worker_lanes
+        # Topic -> lane name, also for the ingress topics (a worker can serve them directly:
+        # the naive-baseline benchmarks, a deployment without admission).
+        self.lane_of_topic = {topic: lane for lane, topic in self.lane_topics.items()}
+        self.lane_of_topic[topics.requests_interactive] = "interactive"
+        self.lane_of_topic[topics.requests_batch] = "batch"
         served = config.lanes or tuple(self.lane_topics.values())
         self.topics = [*served, topics.retry] if config.serve_retry_topic else list(served)
         self.codec = codec or AvroCodec(
@@ -140,7 +144,7 @@ class Worker:
             engine_loop=engine_loop,
             prefetch_pool=prefetch_pool,
             writer=self.writer,
-            lane_of_topic={topic: lane for lane, topic in self.lane_topics.items()},
+            lane_of_topic=self.lane_of_topic,
             retry_topic=self.settings.topics.retry,
         )
         producer = TransactionalProducer(
@@ -179,7 +183,7 @@ class Worker:
         # heaviest lane all of them), so a low lane's backlog always leaves room above it.
         caps = {
             topic: max(1, round(c.max_in_flight * weights.get(lane, 1.0) / heaviest))
-            for lane, topic in self.lane_topics.items()
+            for topic, lane in self.lane_of_topic.items()
             if topic in self.topics
         }
         return LoopConfig(
@@ -195,10 +199,11 @@ class Worker:
             return None
         health = HealthServer(
             self.config.metrics_port,
-            self.metrics,
+            self.metrics.registry,
             self.healthy,
             self.ready,
             host=self.config.metrics_host,
+            on_scrape=self.metrics.sample_gpu,
         )
         health.start()
         return health

@@ -94,6 +94,13 @@ def load_topic_specs(
         base_config.update(overlay.get("config", {}))
     specs = []
     for name, body in raw.get("topics", {}).items():
+        if profile is not None:  # per-topic overrides of the profile (partitions, config)
+            overlay = body.get("profiles", {}).get(profile, {})
+            body = {
+                **body,
+                **overlay,
+                "config": {**body.get("config", {}), **overlay.get("config", {})},
+            }
         partitions = body.get("partitions")
         if not isinstance(partitions, int) or partitions < 1:
             raise ConfigError(f"{path}: topics.{name}.partitions must be a positive integer")

@@ -17,7 +17,38 @@ import click
 
 @click.group("streams")
 def streams_cmd() -> None:
-    """Stream processors: analytics over the results topic."""
+    """Stream processors: admission of ingress requests; analytics over the results topic."""
+
+
+@streams_cmd.command("admission")
+@click.option("--instance-id", help="Stable id: transactional.id and static member id.")
+@click.option("--group", "group_id", help="Consumer group (default f2p-admission).")
+@click.option(
+    "--dedupe-horizon-s",
+    type=click.FloatRange(60, 365 * 86400),
+    help="A duplicate this long after the first sighting is no longer recognised (default 7 d).",
+)
+@click.option("--quotas-file", type=click.Path(dir_okay=False, exists=True), help="Tenant quotas.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="0: no HTTP endpoint.")
+@click.option("--metrics-host", help="Address of the HTTP endpoint (default 127.0.0.1).")
+def admission_cmd(**options: object) -> None:
+    """Admit ingress requests: identity, dedupe across lanes/partitions, quotas, lanes (until
+    SIGTERM/SIGINT)."""
+    import signal
+
+    from connectors.settings import load_settings
+    from streams.admission.config import AdmissionConfig
+    from streams.admission.service import Admission
+
+    config = AdmissionConfig.from_env(**options)
+    admission = Admission(load_settings(), config)
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        admission.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    admission.run()
 
 
 @streams_cmd.command("analytics")

@@ -7,15 +7,19 @@ this session stops it at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from connectors.registry import make_registry_client
 from connectors.settings import Settings, load_settings
 from infra.stack.config import StackConfig, load_stack_config
 from infra.stack.launcher import stack_down, stack_up
+from infra.topics import apply_topics, delete_topics, load_topic_specs
+from schemas.codec import AvroCodec
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +110,19 @@ def cluster_stack(stack_settings: Settings, tmp_path_factory) -> Iterator[Cluste
         yield ClusterStack(config, load_settings(config.state_dir))
     finally:
         stack_down(config, purge=True)
+
+
+@pytest.fixture
+def pipeline(stack_settings: Settings, admin, unique_name) -> Iterator[Settings]:
+    """Settings whose topics are a fresh, private copy of every pipeline topic (deleted after
+    the test: thousands of leftover partitions would slow the shared broker down)."""
+    suffix = "." + unique_name("w")
+    specs = load_topic_specs(suffix=suffix)
+    apply_topics(admin, specs)
+    yield dataclasses.replace(stack_settings, topics=stack_settings.topics.with_suffix(suffix))
+    delete_topics(admin, [s.name for s in specs])
+
+
+@pytest.fixture
+def codec(stack_settings: Settings) -> AvroCodec:
+    return AvroCodec(make_registry_client(stack_settings), auto_register=True)

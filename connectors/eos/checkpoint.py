@@ -61,6 +61,7 @@ class Checkpoint:
         """
         # Step 1.
         touched = {c.ref.tp for c in self.completions}
+        touched.update(tp for c in self.completions for tp in c.touches)
         offsets: list[TopicPartition] = []
         self.offsets = {}
         for state in assignment:

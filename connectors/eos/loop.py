@@ -36,7 +36,7 @@ from connectors.eos.exceptions import (
 from connectors.eos.offsets import CorruptCommitMetadata, PartitionOffsets
 from connectors.eos.partition import Assignment, PartitionState, Phase
 from connectors.eos.producer import RecordRefused, TransactionAborted, TransactionalProducer
-from connectors.eos.records import TP, Completion, MessageRef
+from connectors.eos.records import TP, Completion, MessageRef, OutputRecord
 from connectors.eos.restore import read_restore_points
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,10 @@ class Handler(Protocol):
 
     def last_progress(self) -> float:
         """Monotonic time of the handler's last sign of progress (an engine batch ending)."""
+
+    def ready(self, tp: TP) -> bool:
+        """Whether the handler's own state of a newly assigned (or rewound) partition is
+        restored: the partition stays paused until it is (start restoring on the first call)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +146,7 @@ class EosLoop:
         self.assignment = Assignment()
         self.consumer: Any = None
         self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+        self._side: queue.SimpleQueue[OutputRecord] = queue.SimpleQueue()
         self._pending = Checkpoint()
         self._committing: Checkpoint | None = None
         self._aborts_in_row = 0
@@ -160,6 +165,11 @@ class EosLoop:
     def complete(self, completion: Completion) -> None:
         """Hand a message's completion to the loop (any thread)."""
         self._completions.put(completion)
+
+    def side(self, record: OutputRecord) -> None:
+        """Write ``record`` in the next transaction, tied to no input message (a RUNNING status
+        event, say: written at most once per transaction that commits; any thread)."""
+        self._side.put(record)
 
     def is_current(self, ref: MessageRef) -> bool:
         """Whether work for ``ref`` still counts (its partition was not revoked or rewound)."""
@@ -266,7 +276,12 @@ class EosLoop:
         return 0
 
     def _collect(self) -> None:
-        """Move completions of current work into the pending checkpoint."""
+        """Move completions of current work (and side records) into the pending checkpoint."""
+        while True:
+            try:
+                self._pending.side_records.append(self._side.get_nowait())
+            except queue.Empty:
+                break
         while True:
             try:
                 completion = self._completions.get_nowait()
@@ -433,7 +448,7 @@ class EosLoop:
                 if state is not None:
                     self._restore_failed([state], error)
         for state in self.assignment.restoring():
-            if state.restore_point is not None:
+            if state.restore_point is not None and self.handler.ready(state.tp):
                 self._activate(state)
 
     def _activate(self, state: PartitionState) -> None:

@@ -63,3 +63,7 @@ class Completion:
     records: list[OutputRecord] = field(default_factory=list)
     fallback: Callable[[], list[OutputRecord] | None] | None = None
     context: Any = None
+    # Other assigned partitions whose state this completion used (admission's direct path
+    # updates the dedupe state of a repartition partition): their commit points go in the same
+    # transaction, so that a member that lost one of them cannot commit (KIP-447 fencing).
+    touches: tuple[TP, ...] = ()

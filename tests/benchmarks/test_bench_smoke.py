@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks.cli import bench_cmd
-from benchmarks.harness import balanced_request_ids, murmur2, partition_of, percentile
+from benchmarks.harness import balanced_request_ids, partition_of, percentile
 from connectors.kafka import make_producer
+from connectors.partitioner import murmur2
 
 # Kafka's own murmur2 test vectors (clients/.../UtilsTest.testMurmur2), as signed ints.
 MURMUR2_VECTORS = {

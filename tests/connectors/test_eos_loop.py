@@ -75,6 +75,9 @@ class EchoHandler:
     def last_progress(self) -> float:
         return 0.0
 
+    def ready(self, tp: TP) -> bool:
+        return True
+
 
 class Clock:
     def __init__(self) -> None:

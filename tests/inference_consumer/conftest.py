@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from connectors.kafka import make_producer
-from connectors.registry import make_registry_client
 from connectors.settings import Settings
 from connectors.topic_reader import read_to_end
 from inference_consumer.config import WorkerConfig
 from inference_consumer.engines.base import Engine
 from inference_consumer.engines.sim import SimEngine
 from inference_consumer.worker import Worker
-from infra.topics import apply_topics, delete_topics, load_topic_specs
 from schemas.codec import AvroCodec
 from schemas.images import make_sample_face
 from schemas.records import GenerationRequest, GenerationResult, InlineImage
-
-
-@pytest.fixture
-def pipeline(stack_settings: Settings, admin, unique_name) -> Iterator[Settings]:
-    """Settings whose topics are a fresh, private copy of every pipeline topic (deleted after
-    the test: thousands of leftover partitions would slow the shared broker down)."""
-    suffix = "." + unique_name("w")
-    specs = load_topic_specs(suffix=suffix)
-    apply_topics(admin, specs)
-    yield dataclasses.replace(stack_settings, topics=stack_settings.topics.with_suffix(suffix))
-    delete_topics(admin, [s.name for s in specs])
-
-
-@pytest.fixture
-def codec(stack_settings: Settings) -> AvroCodec:
-    return AvroCodec(make_registry_client(stack_settings), auto_register=True)
 
 
 def sample_request(tenant: str = "acme", size: int = 64, **fields) -> GenerationRequest:
@@ -48,13 +27,14 @@ def sample_request(tenant: str = "acme", size: int = 64, **fields) -> Generation
 
 
 def publish(settings: Settings, codec: AvroCodec, requests, topic: str | None = None) -> None:
-    """Produce requests (keyed by request_id) to their lane, or to ``topic``; wait for delivery."""
+    """Produce requests (keyed by request_id) to their internal lane, as admission would, or to
+    ``topic``; wait for delivery. (Worker tests: admission is not running.)"""
     producer = make_producer(settings)
     for request in requests:
         target = topic or (
-            settings.topics.requests_interactive
+            settings.topics.lanes_interactive
             if request.lane.value == "INTERACTIVE"
-            else settings.topics.requests_batch
+            else settings.topics.lanes_batch
         )
         producer.produce(
             target, key=request.request_id.encode(), value=codec.encode(target, request)

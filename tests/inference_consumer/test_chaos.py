@@ -245,10 +245,8 @@ def test_a_new_owner_waits_for_a_dead_owners_open_transaction(pipeline, codec, u
     requests = [small_request() for _ in range(3)]
     producer = make_producer(pipeline)
     for request in requests:
-        value = codec.encode(t.requests_batch, request)
-        producer.produce(
-            t.requests_batch, key=request.request_id.encode(), value=value, partition=0
-        )
+        value = codec.encode(t.lanes_batch, request)
+        producer.produce(t.lanes_batch, key=request.request_id.encode(), value=value, partition=0)
     assert producer.flush(30) == 0
     # The "dead" worker: its open transaction says all three are done, then it dies.
     consumer = make_consumer(pipeline, group)
@@ -257,7 +255,7 @@ def test_a_new_owner_waits_for_a_dead_owners_open_transaction(pipeline, codec, u
     )
     dead.init_transactions(30)
     dead.begin_transaction()
-    offsets = [TopicPartition(t.requests_batch, 0, 3, metadata=encode_done(3, set()))]
+    offsets = [TopicPartition(t.lanes_batch, 0, 3, metadata=encode_done(3, set()))]
     dead.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
     opened = time.time()
     engine = CountingSimEngine()

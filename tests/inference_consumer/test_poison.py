@@ -72,7 +72,7 @@ def request_with_face(face, **fields) -> GenerationRequest:
 
 
 def test_poison_inputs_end_as_failed_results_or_dead_letters(pipeline, codec) -> None:
-    lane = pipeline.topics.requests_batch
+    lane = pipeline.topics.lanes_batch
     s3 = make_s3_client(pipeline)
     bucket = pipeline.inputs_bucket
 

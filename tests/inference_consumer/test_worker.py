@@ -19,12 +19,13 @@ import pytest
 from PIL import Image
 
 from connectors.claim_check import face_ref
+from connectors.headers import first
 from connectors.s3 import make_s3_client
 from connectors.topic_reader import read_to_end
 from inference_consumer.config import RetryPolicy
 from inference_consumer.engines.config import EngineConfig
 from inference_consumer.engines.factory import create_engine
-from inference_consumer.headers import ATTEMPT_HEADER, NOT_BEFORE_HEADER, first
+from inference_consumer.headers import ATTEMPT_HEADER, NOT_BEFORE_HEADER
 from schemas.images import make_sample_face
 from schemas.records import GenerationRequest, ImageFormat, Lane, ResultStatus
 from tests.inference_consumer.conftest import (
@@ -272,7 +273,7 @@ def test_transient_failures_go_through_the_retry_topic_to_the_dlq(pipeline, code
     assert letter.attempts == FAST_RETRY.max_attempts
     assert letter.request_id == doomed.request_id
     assert letter.source_topic == pipeline.topics.retry
-    assert codec.decode(pipeline.topics.requests_batch, letter.value) == doomed
+    assert codec.decode(pipeline.topics.lanes_batch, letter.value) == doomed
     assert "simulated transient failure" in letter.error_message
 
     retries = read_retry_topic(pipeline)
@@ -403,8 +404,8 @@ def test_metrics_and_health_endpoints(pipeline, codec) -> None:
             'f2p_worker_transactions_total{outcome="committed"}',
         ):
             assert name in body, name
-        # Both lanes and the retry topic, 8 partitions each.
-        assert "f2p_worker_assigned_partitions 24.0" in body
+        # The three lanes and the retry topic, 8 partitions each.
+        assert "f2p_worker_assigned_partitions 32.0" in body
         assert http_get(base + "/nope")[0] == 404
 
 
@@ -525,7 +526,7 @@ def test_members_joining_and_leaving_mid_run_lose_and_duplicate_nothing(pipeline
             static_membership=False,
         ) as worker_b:
             wait_until(lambda: len(engine_b.seen) >= 4, 60, "worker b to get partitions")
-            assert 0 < metric(worker_b, "f2p_worker_assigned_partitions") < 24
+            assert 0 < metric(worker_b, "f2p_worker_assigned_partitions") < 32
         results = wait_for_results(pipeline, codec, ids, timeout_s=90)
     counts = Counter(r.request_id for r in results)
     assert set(counts) == ids

@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
-from inference_consumer.work import WorkItem
-from schemas.records import DeadLetter
+from schemas.records import DeadLetter, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,37 @@ MAX_MESSAGE_CHARS = 2000
 ClaimCheck = Callable[[str, bytes], str]
 
 
+class Source(Protocol):
+    """The message a letter is about (the worker's WorkItem, admission's ingress message)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def request(self) -> GenerationRequest | None: ...
+    @property
+    def request_id(self) -> str | None: ...
+
+    def where(self) -> dict[str, object]: ...
+
+
 def _digest(data: bytes | None) -> str | None:
     return hashlib.sha256(data).hexdigest() if data is not None else None
 
 
 def build_dead_letter(
-    item: WorkItem,
+    item: Source,
     code: str,
     message: str,
     *,
@@ -82,7 +107,7 @@ def build_dead_letter(
     )
 
 
-def _named_request_id(item: WorkItem) -> str | None:
+def _named_request_id(item: Source) -> str | None:
     """The request_id a human can look the letter up by: the validated one, or a decoded one
     that is at least a canonical UUID (its tenant may be what was wrong). Never an identity
     anything is keyed or deduplicated by."""
@@ -95,7 +120,7 @@ def _named_request_id(item: WorkItem) -> str | None:
         return None
 
 
-def _claim_check(item: WorkItem, claim_check: ClaimCheck) -> str | None:
+def _claim_check(item: Source, claim_check: ClaimCheck) -> str | None:
     prefix = f"dead-letters/{item.topic}/{item.partition}/{item.offset}"
     try:
         if item.key is not None and len(item.key) > MAX_KEY_BYTES:

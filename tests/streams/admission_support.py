@@ -1,0 +1,82 @@
+"""Helpers for admission tests: an admission instance in a thread, publishing as outside teams do
+(any partitioner, any key or none, either ingress topic), and reading status events."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from connectors.kafka import make_producer
+from connectors.settings import Settings
+from connectors.topic_reader import read_to_end
+from schemas.codec import AvroCodec
+from schemas.control_records import RequestStatus
+from schemas.records import GenerationRequest
+from streams.admission.config import AdmissionConfig
+from streams.admission.quotas import QuotaPolicy
+from streams.admission.service import Admission
+
+
+@contextmanager
+def running_admission(
+    settings: Settings, *, policy: QuotaPolicy | None = None, **config: object
+) -> Iterator[Admission]:
+    """An Admission instance running in a background thread; stopped (gracefully) on exit."""
+    config.setdefault("instance_id", f"adm-{threading.get_ident()}-{id(config)}")
+    config.setdefault("group_id", "adm-" + settings.topics.results)
+    admission = Admission(settings, AdmissionConfig(**config), policy=policy)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            admission.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"admission-{config['instance_id']}", daemon=True)
+    thread.start()
+    try:
+        yield admission
+    finally:
+        admission.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "admission did not stop"
+        if errors:
+            raise errors[0]
+
+
+def publish_as(
+    settings: Settings,
+    codec: AvroCodec,
+    requests: list[GenerationRequest],
+    *,
+    topic: str | None = None,
+    key: str = "request_id",
+    partitioner: str = "murmur2_random",
+) -> None:
+    """Produce to an ingress topic the way some upstream client might: ``key`` is
+    ``request_id``, ``none`` or ``other`` (a key that is not the request_id); ``partitioner``
+    any of librdkafka's."""
+    producer = make_producer(settings, partitioner=partitioner)
+    for request in requests:
+        target = topic or (
+            settings.topics.requests_interactive
+            if request.lane.value == "INTERACTIVE"
+            else settings.topics.requests_batch
+        )
+        value = codec.encode(target, request)
+        message_key = {
+            "request_id": request.request_id.encode(),
+            "none": None,
+            "other": b"not-the-id-" + request.request_id[:8].encode(),
+        }[key]
+        producer.produce(target, key=message_key, value=value)
+    assert producer.flush(30) == 0
+
+
+def read_statuses(settings: Settings, codec: AvroCodec) -> list[RequestStatus]:
+    return [
+        codec.decode(settings.topics.status, m.value())
+        for m in read_to_end(settings, settings.topics.status, timeout_s=60)
+    ]
