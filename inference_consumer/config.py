@@ -90,6 +90,8 @@ class WorkerConfig:
     # workers; Kafka 4.0+). "classic": cooperative-sticky (older brokers).
     group_protocol: str = "consumer"
     shutdown_timeout_s: float = 30.0
+    # RUNNING and final RequestStatus events on f2p.status.v1 (with the results, exactly once).
+    status_events: bool = True
     metrics_port: int = 0  # 0: no HTTP server
     # Loopback by default; 0.0.0.0 in a container, where probes and Prometheus come from outside.
     metrics_host: str = "127.0.0.1"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from connectors.dead_letters import build_dead_letter
 from connectors.eos.records import Completion, OutputRecord
@@ -19,6 +20,7 @@ from connectors.settings import TopicNames
 from inference_consumer.headers import ATTEMPT_HEADER, NOT_BEFORE_HEADER, ORIGIN_HEADER
 from inference_consumer.work import Outcome, OutcomeKind, WorkItem
 from schemas.codec import AvroCodec
+from schemas.control_records import RequestState, RequestStatus
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,15 @@ class OutcomeWriter:
         codec: AvroCodec,
         *,
         lane_topics: dict[str, str],
+        source: str = "worker",
+        status_events: bool = True,
         retry_delay_on_encode_failure_s: float = 30.0,
     ) -> None:
         self.topics = topics
         self.codec = codec
+        self.source = source
+        # A final RequestStatus with every result (and RUNNING events, see ``running``).
+        self.status_events = status_events
         # lane name -> its topic, for the origin header of retries.
         self.lane_topics = lane_topics
         self.retry_delay_on_encode_failure_s = retry_delay_on_encode_failure_s
@@ -62,10 +69,20 @@ class OutcomeWriter:
         item = outcome.item
         if outcome.kind is OutcomeKind.RESULT:
             assert outcome.result is not None
-            value = self.codec.encode(self.topics.results, outcome.result)
-            return [
-                OutputRecord(self.topics.results, value, key=outcome.result.request_id.encode())
-            ]
+            result = outcome.result
+            value = self.codec.encode(self.topics.results, result)
+            records = [OutputRecord(self.topics.results, value, key=result.request_id.encode())]
+            if self.status_events:
+                error = result.error
+                records.append(
+                    self.status(
+                        item,
+                        RequestState(result.status.value),
+                        reason=error.code if error else None,
+                        detail=error.message[:500] if error else None,
+                    )
+                )
+            return records
         if outcome.kind is OutcomeKind.DEAD_LETTER:
             assert outcome.dead_letter is not None
             return [
@@ -78,6 +95,32 @@ class OutcomeWriter:
                 item, outcome.next_attempt or item.attempt + 1, outcome.retry_delay_s
             )
         ]
+
+    def status(
+        self,
+        item: WorkItem,
+        state: RequestState,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> OutputRecord:
+        """A RequestStatus event for ``item`` (whose identity is validated)."""
+        request = item.request
+        assert request is not None and item.request_id is not None
+        status = RequestStatus(
+            request_id=item.request_id,
+            status=state,
+            at=datetime.now(UTC),
+            source=self.source,
+            tenant_id=request.tenant_id,
+            lane=item.lane,
+            reason=reason,
+            detail=detail,
+            trace_context=request.trace_context,
+        )
+        return OutputRecord(
+            self.topics.status, self.codec.encode(self.topics.status, status), key=status.key
+        )
 
     def _dead_letter_record(self, item: WorkItem, value: bytes) -> OutputRecord:
         # Keyed by the request_id when the request decoded, else by where it came from: the key

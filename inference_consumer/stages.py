@@ -26,11 +26,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connectors.dead_letters import ClaimCheck, build_dead_letter
+from connectors.s3 import put_if_absent
 from f2p_errors import F2PError, InvalidInput
 from inference_consumer.batcher import RequestBatcher
 from inference_consumer.config import WorkerConfig
 from inference_consumer.engines.base import Engine, EngineOutput, EngineRequest, GenerationParams
-from inference_consumer.engines.exceptions import EngineInputError
+from inference_consumer.engines.exceptions import EngineInputError, EngineInterrupted
 from inference_consumer.memory import DecodeBudget, HeldBytes, image_bytes
 from inference_consumer.metrics import WorkerMetrics
 from inference_consumer.work import Outcome, OutcomeKind, WorkItem
@@ -125,6 +126,9 @@ class StageContext:
     # Faces are kept at most this many pixels (the engine's condition area): the model never
     # sees more, and a legal 4096² face would otherwise be held at 64 MiB.
     face_area: int = 1024 * 1024
+    # Whether a request_id was cancelled (the control topic), and the RUNNING status hook.
+    cancelled: Callable[[str | None], bool] = lambda _request_id: False
+    running: Callable[[WorkItem], None] = lambda _item: None
 
     def claim_check(self, key: str, body: bytes) -> str:
         """Store an oversize dead-lettered original; its URI (for ``build_dead_letter``)."""
@@ -274,6 +278,9 @@ def _prefetch(ctx: StageContext, item: WorkItem) -> WorkItem | None:
     if _expired(record):
         ctx.emit(expired_outcome(ctx, item))
         return None
+    if ctx.cancelled(item.request_id):
+        ctx.emit(cancelled_outcome(ctx, item, "while queued"))
+        return None
     face_bytes = _face_bytes(ctx, record)
     face = decode_face_image(
         face_bytes,
@@ -330,6 +337,14 @@ def _expired(request: GenerationRequest) -> bool:
     return request.deadline is not None and request.deadline <= datetime.now(UTC)
 
 
+def cancelled_outcome(ctx: StageContext, item: WorkItem, where: str) -> Outcome:
+    """CANCELLED: a cancel command for the request arrived before its result was written."""
+    ctx.metrics.errors.labels(reason="CANCELLED").inc()
+    log.info("request cancelled %s", where, extra=item.where())
+    error = ResultError(code="CANCELLED", message=f"cancelled {where}")
+    return result_outcome(ctx, item, ResultStatus.CANCELLED, error=error)
+
+
 def expired_outcome(ctx: StageContext, item: WorkItem) -> Outcome:
     ctx.metrics.errors.labels(reason="DEADLINE_EXCEEDED").inc()
     error = ResultError(code="DEADLINE_EXCEEDED", message="the deadline passed before generation")
@@ -364,12 +379,17 @@ def run_engine_batch(ctx: StageContext, batch: list[WorkItem], outputs: ThreadPo
         if _expired(item.request):
             ctx.emit(expired_outcome(ctx, item))
             continue
+        if ctx.cancelled(item.request_id):
+            ctx.emit(cancelled_outcome(ctx, item, "while queued"))
+            continue
         waited_s = time.monotonic() - item.received_mono - item.timings.get("fetch", 0) / 1000
         item.timings["queued"] = max(0.0, waited_s * 1000)
         ctx.metrics.queue_wait_seconds.observe(max(0.0, waited_s))
         live.append(item)
     if not live:
         return
+    for item in live:
+        ctx.running(item)
     for item, output in _generate(ctx, live):
         outputs.submit(_finish, ctx, item, output)
 
@@ -382,6 +402,7 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
             prompt=i.request.prompt,
             negative_prompt=i.request.negative_prompt,
             params=engine_params(i.request),
+            cancelled=lambda rid=i.request_id: ctx.cancelled(rid),
         )
         for i in items
         if i.request is not None and i.face is not None
@@ -389,6 +410,10 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
     started = time.perf_counter()
     try:
         results = ctx.engine.generate(requests)
+    except EngineInterrupted as exc:  # a lone request cancelled between denoising steps
+        items[0].steps_executed = exc.steps_executed
+        ctx.emit(cancelled_outcome(ctx, items[0], f"after {exc.steps_executed} step(s)"))
+        return []
     except EngineInputError as exc:
         if len(items) > 1:  # find the culprit: the others deserve their images
             return [pair for item in items for pair in _generate(ctx, [item])]
@@ -427,6 +452,9 @@ def result_key(request: GenerationRequest, index: int, fmt: ImageFormat) -> str:
 
 
 def _finish(ctx: StageContext, item: WorkItem, output: EngineOutput) -> None:
+    if ctx.cancelled(item.request_id):  # made in a batch, or cancelled just after: dropped
+        emit_safely(ctx, item, lambda: cancelled_outcome(ctx, item, "after generation"))
+        return
     try:
         ctx.emit(encode_and_upload(ctx, item, output))
     except Exception as exc:
@@ -451,16 +479,15 @@ def encode_and_upload(ctx: StageContext, item: WorkItem, output: EngineOutput) -
         encode_s += time.perf_counter() - started
         key = result_key(request, index, fmt)
         started = time.perf_counter()
+        digest = hashlib.sha256(body).hexdigest()
 
-        def put(key: str = key, body: bytes = body) -> None:
+        def put(key: str = key, body: bytes = body, digest: str = digest) -> tuple[str, int]:
             try:
-                ctx.s3.put_object(
-                    Bucket=ctx.results_bucket, Key=key, Body=body, ContentType=_CONTENT_TYPES[fmt]
-                )
+                return _write_once(ctx, key, body, digest, _CONTENT_TYPES[fmt])
             except (ClientError, BotoCoreError) as exc:
                 raise TransientFailure(f"upload of {key}: {exc}") from exc
 
-        with_retries(ctx.config, "result upload", put)
+        digest, size = with_retries(ctx.config, "result upload", put)
         upload_s += time.perf_counter() - started
         images.append(
             ResultImage(
@@ -468,13 +495,38 @@ def encode_and_upload(ctx: StageContext, item: WorkItem, output: EngineOutput) -
                 width=image.width,
                 height=image.height,
                 format=fmt,
-                size_bytes=len(body),
-                sha256=hashlib.sha256(body).hexdigest(),
+                size_bytes=size,
+                sha256=digest,
             )
         )
     item.timings["encode"] = encode_s * 1000
     item.timings["upload"] = upload_s * 1000
     return result_outcome(ctx, item, ResultStatus.OK, images=tuple(images))
+
+
+def _write_once(
+    ctx: StageContext, key: str, body: bytes, digest: str, content_type: str
+) -> tuple[str, int]:
+    """Upload ``body`` unless the object exists; the sha256 and size of what is stored.
+
+    Result objects are write-once (``If-None-Match: *``): a late or second processing of a
+    request (a worker that lost its partition mid-upload, a redo after a crash) must never
+    replace an object a committed result may name — on a GPU the redo's bytes differ. The
+    object that stands is described instead (its sha256 travels as object metadata), so the
+    result always names exactly the bytes in the store.
+    """
+    if put_if_absent(
+        ctx.s3, ctx.results_bucket, key, body, content_type=content_type,
+        Metadata={"sha256": digest},
+    ):  # fmt: skip
+        return digest, len(body)
+    head = ctx.s3.head_object(Bucket=ctx.results_bucket, Key=key)
+    stored = (head.get("Metadata") or {}).get("sha256")
+    if stored is None:  # written by something else: hash what is there
+        stored = hashlib.sha256(
+            ctx.s3.get_object(Bucket=ctx.results_bucket, Key=key)["Body"].read()
+        ).hexdigest()
+    return stored, int(head.get("ContentLength", len(body)))
 
 
 class EngineLoop:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from connectors.control import CancellationWatch
 from connectors.eos.loop import EosLoop, LoopConfig
 from connectors.eos.producer import TransactionalProducer
 from connectors.health import HealthServer
@@ -43,8 +44,9 @@ from inference_consumer.memory import DecodeBudget, HeldBytes
 from inference_consumer.metrics import WorkerMetrics
 from inference_consumer.outcomes import OutcomeWriter
 from inference_consumer.stages import EngineLoop, StageContext, engine_params, release_face
-from inference_consumer.work import Outcome
+from inference_consumer.work import Outcome, WorkItem
 from schemas.codec import AvroCodec
+from schemas.control_records import RequestState
 from schemas.validation import RequestLimits
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,15 @@ class Worker:
             max_batch_size=engine.max_batch_size,
             max_wait_s=config.max_batch_wait_ms / 1000,
         )
-        self.writer = OutcomeWriter(topics, self.codec, lane_topics=self.lane_topics)
+        self.writer = OutcomeWriter(
+            topics,
+            self.codec,
+            lane_topics=self.lane_topics,
+            source=f"worker/{config.worker_id}",
+            status_events=config.status_events,
+        )
+        # Started in run(): admission and every worker follow the control topic.
+        self.cancellations: CancellationWatch | None = None
         self.loop: EosLoop | None = None
         self.ctx = StageContext(
             config=config,
@@ -112,6 +122,8 @@ class Worker:
             decode_budget=DecodeBudget(config.decode_budget_bytes),
             held=HeldBytes(config.held_bytes_limit),
             face_area=getattr(engine, "condition_area", None) or 1024 * 1024,
+            cancelled=self._cancelled,
+            running=self._running,
         )
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -159,6 +171,7 @@ class Worker:
             config=self._loop_config(),
             metrics=self.metrics,
         )
+        self.cancellations = CancellationWatch(self.settings, self.codec).start()
         engine_thread = threading.Thread(target=engine_loop.run, name="engine", daemon=True)
         engine_thread.start()
         health = self._start_health()
@@ -171,6 +184,7 @@ class Worker:
             engine_loop.stop()
             engine_thread.join(timeout=10)
             prefetch_pool.shutdown(wait=False, cancel_futures=True)
+            self.cancellations.stop()
             if health is not None:
                 health.stop()
             log.info("worker stopped", extra={"worker_id": self.config.worker_id})
@@ -212,7 +226,8 @@ class Worker:
         """Every topic the worker reads or writes exists; returns the number of brokers."""
         admin = make_admin(self.settings)
         metadata = retry_kafka("cluster metadata", lambda: admin.list_topics(timeout=10))
-        needed = [*self.topics, self.settings.topics.results, self.settings.topics.dlq]
+        t = self.settings.topics
+        needed = [*self.topics, t.results, t.dlq, t.status, t.control]
         missing = [t for t in needed if t not in metadata.topics]
         if missing:
             raise ConfigError(f"topics {missing} do not exist; run `f2p topics apply`")
@@ -266,6 +281,18 @@ class Worker:
         )
 
     # -- outcomes -------------------------------------------------------------------------------
+
+    def _cancelled(self, request_id: str | None) -> bool:
+        return self.cancellations is not None and self.cancellations.is_cancelled(request_id)
+
+    def _running(self, item: WorkItem) -> None:
+        """A RUNNING status event as the engine starts the item (next transaction)."""
+        if not self.config.status_events or self.loop is None:
+            return
+        try:
+            self.loop.side(self.writer.status(item, RequestState.RUNNING))
+        except Exception as exc:  # informational: never stop the line for it
+            log.debug("no RUNNING event: %s", exc)
 
     def _emit(self, outcome: Outcome) -> None:
         """Stages' outcomes: free the face, encode, hand to the loop (any thread)."""

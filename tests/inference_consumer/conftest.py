@@ -14,6 +14,7 @@ from inference_consumer.engines.base import Engine
 from inference_consumer.engines.sim import SimEngine
 from inference_consumer.worker import Worker
 from schemas.codec import AvroCodec
+from schemas.control_records import RequestStatus
 from schemas.images import make_sample_face
 from schemas.records import GenerationRequest, GenerationResult, InlineImage
 
@@ -40,6 +41,14 @@ def publish(settings: Settings, codec: AvroCodec, requests, topic: str | None = 
             target, key=request.request_id.encode(), value=codec.encode(target, request)
         )
     assert producer.flush(30) == 0
+
+
+def read_statuses(settings: Settings, codec: AvroCodec) -> list[RequestStatus]:
+    """Every committed RequestStatus event (read_committed, from the beginning)."""
+    return [
+        codec.decode(settings.topics.status, m.value())
+        for m in read_to_end(settings, settings.topics.status, timeout_s=60)
+    ]
 
 
 def read_results(settings: Settings, codec: AvroCodec) -> list[GenerationResult]:

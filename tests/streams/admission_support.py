@@ -9,9 +9,7 @@ from contextlib import contextmanager
 
 from connectors.kafka import make_producer
 from connectors.settings import Settings
-from connectors.topic_reader import read_to_end
 from schemas.codec import AvroCodec
-from schemas.control_records import RequestStatus
 from schemas.records import GenerationRequest
 from streams.admission.config import AdmissionConfig
 from streams.admission.quotas import QuotaPolicy
@@ -73,10 +71,3 @@ def publish_as(
         }[key]
         producer.produce(target, key=message_key, value=value)
     assert producer.flush(30) == 0
-
-
-def read_statuses(settings: Settings, codec: AvroCodec) -> list[RequestStatus]:
-    return [
-        codec.decode(settings.topics.status, m.value())
-        for m in read_to_end(settings, settings.topics.status, timeout_s=60)
-    ]

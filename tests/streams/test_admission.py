@@ -12,7 +12,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from admission_support import publish_as, read_statuses, running_admission
+from admission_support import publish_as, running_admission
 
 from connectors.control import send_cancel
 from connectors.kafka import make_producer
@@ -25,6 +25,7 @@ from tests.inference_consumer.conftest import (
     CountingSimEngine,
     read_dead_letters,
     read_results,
+    read_statuses,
     running_worker,
     sample_request,
     wait_for_results,
