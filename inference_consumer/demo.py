@@ -1,9 +1,10 @@
 """``f2p demo``: the main job, end to end on the embedded stack.
 
 1. Start the embedded stack (or reuse it) and apply the topic spec.
-2. Start N worker processes (``f2p worker``), wait until each is ready (``/readyz``).
+2. Start an admission process (``f2p streams admission``) and N worker processes
+   (``f2p worker``), wait until each is ready (``/readyz``).
 3. Publish requests with the bundled synthetic sample faces through the publisher SDK
-   (claim check to S3, Avro to the lanes), half interactive, half batch.
+   (claim check to S3, Avro to the ingress topics), half interactive, half batch.
 4. Follow the results topic (read_committed) until every request has its result.
 5. Print the summary (count by status, end-to-end latency percentiles, throughput), the S3 URIs
    and a local copy of the images; stop the workers (SIGTERM). The stack keeps running.
@@ -76,8 +77,9 @@ def run_demo(options: DemoOptions) -> None:
     settings = load_settings()
     apply_topics(make_admin(settings), load_topic_specs())
 
-    click.echo(f"2/5 starting {options.workers} {options.engine_name} worker(s) …")
-    workers = [_start_worker(i, options) for i in range(options.workers)]
+    click.echo(f"2/5 starting admission and {options.workers} {options.engine_name} worker(s) …")
+    workers = [_start_admission()]
+    workers += [_start_worker(i, options) for i in range(options.workers)]
     try:
         _wait_ready(workers, timeout_s=180)
         click.echo(f"3/5 publishing {options.count} requests …")
@@ -100,19 +102,26 @@ def _free_port() -> int:
 
 
 def _start_worker(index: int, options: DemoOptions) -> WorkerProcess:
-    worker_id = f"demo-{index}"
-    port = _free_port()
-    log_file = load_stack_config().log_dir / f"{worker_id}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    argv = [
-        sys.executable, "-m", "f2p_cli", "worker", "--engine", options.engine_name,
-        "--worker-id", worker_id, "--metrics-port", str(port), "--max-batch", "4",
-    ]  # fmt: skip
+    args = ["worker", "--engine", options.engine_name, "--max-batch", "4"]
     if options.engine_name == "sim":
-        argv += ["--sim-time-scale", "0.01"]
+        args += ["--sim-time-scale", "0.01"]
+    return _spawn(f"demo-{index}", "--worker-id", args)
+
+
+def _start_admission() -> WorkerProcess:
+    return _spawn("demo-admission", "--instance-id", ["streams", "admission"])
+
+
+def _spawn(name: str, id_flag: str, args: list[str]) -> WorkerProcess:
+    """Start ``f2p <args>`` with its id and an HTTP port for /readyz, logging to the stack's
+    log directory."""
+    port = _free_port()
+    log_file = load_stack_config().log_dir / f"{name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "f2p_cli", *args, id_flag, name, "--metrics-port", str(port)]
     with log_file.open("ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
-    return WorkerProcess(worker_id, process, port, log_file)
+    return WorkerProcess(name, process, port, log_file)
 
 
 def _wait_ready(workers: list[WorkerProcess], timeout_s: float) -> None:

@@ -158,6 +158,7 @@ class EosLoop:
         self._last_lag = float("-inf")
         self._consumer_fatal_at = float("-inf")
         self._restore_turn = 0
+        self._next_prepare = float("-inf")
         self.assigned_once = False
 
     # -- thread-safe entry points for the handler's threads ----------------------------------
@@ -229,6 +230,11 @@ class EosLoop:
     def turn(self) -> None:
         """Restore, poll, dispatch, collect, commit, pause: one iteration of the loop."""
         now = self._last_turn = self.clock()
+        if not self.producer.ready and self._committing is None and now >= self._next_prepare:
+            # Become ready (and fence any older instance with our transactional.id) before
+            # there is something to commit: readiness means able to commit at once.
+            self._next_prepare = now + 0.5
+            self.producer.prepare(self.config.call_timeout_s)
         self._restore()
         self._poll()
         self.handler.tick()
