@@ -230,6 +230,7 @@ def ensure_stack_up(timeout_s: float = 120) -> None:
 
 
 def lane_topic(settings: Settings, request: GenerationRequest) -> str:
+    """The ingress topic of ``request``'s lane (admission reads it)."""
     t = settings.topics
     return t.requests_interactive if request.lane.value == "INTERACTIVE" else t.requests_batch
 
@@ -337,29 +338,25 @@ def scan_dlq(settings: Settings, codec: AvroCodec) -> list[DeadLetter]:
     ]
 
 
-def group_caught_up(settings: Settings, group_id: str) -> bool:
-    """True when the group's committed offset is past the last committed record of every
-    partition of the request lanes and the retry topic (nothing left to process)."""
+def group_caught_up(settings: Settings, group_id: str, topics: Iterable[str] | None = None) -> bool:
+    """True when the group's committed offset is at the high watermark of every partition of
+    ``topics`` (default: the workers' lanes and the retry topic): lag 0, nothing left. (The
+    loop commits past trailing transaction markers, so lag really reaches 0.)"""
+    t = settings.topics
+    topics = list(topics or [*t.worker_lanes.values(), t.retry])
     consumer = make_consumer(settings, group_id)  # never subscribes: joins nothing
     try:
-        tps: list[TopicPartition] = []
-        last: dict[tuple[str, int], int] = {}
-        t = settings.topics
-        for topic in (t.requests_interactive, t.requests_batch):
+        ends: dict[tuple[str, int], int] = {}
+        for topic in topics:
             meta = consumer.list_topics(topic, timeout=10).topics[topic]
             for p in meta.partitions:
                 high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                 if high > 0:
-                    last[(topic, p)] = high - 1  # idempotent, non-transactional: no markers
-        # The retry topic is written in transactions: markers follow the records.
-        for msg in read_to_end(settings, t.retry, timeout_s=30):
-            key = (msg.topic(), msg.partition())
-            last[key] = max(last.get(key, -1), msg.offset())
-        tps = [TopicPartition(topic, p) for topic, p in last]
-        if not tps:
+                    ends[(topic, p)] = high
+        if not ends:
             return True
-        committed = consumer.committed(tps, timeout=10)
-        return all(tp.offset > last[(tp.topic, tp.partition)] for tp in committed)
+        committed = consumer.committed([TopicPartition(*tp) for tp in ends], timeout=10)
+        return all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in committed)
     finally:
         consumer.close()
 

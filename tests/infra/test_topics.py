@@ -28,11 +28,32 @@ def test_spec_declares_every_pipeline_topic() -> None:
         "f2p.results.v1",
         "f2p.retry.v1",
         "f2p.dlq.v1",
-        "f2p.dedupe.v1",
+        "f2p.admission.repartition.v1",
+        "f2p.admission.dedupe.v1",
+        "f2p.lanes.interactive.v1",
+        "f2p.lanes.batch.v1",
+        "f2p.lanes.overquota.v1",
         "f2p.analytics.v1",
+        "f2p.status.v1",
+        "f2p.control.v1",
     } <= names
-    dedupe = next(s for s in load_topic_specs() if s.name == "f2p.dedupe.v1")
+    dedupe = next(s for s in load_topic_specs() if s.name == "f2p.admission.dedupe.v1")
     assert dedupe.config["cleanup.policy"] == "compact"
+
+
+def test_the_production_profile_provisions_lanes_for_256_gpus() -> None:
+    """Partitions cap the fleet: one worker per lane partition at most."""
+    specs = {s.name: s for s in load_topic_specs(profile="production")}
+    for lane in ("interactive", "batch", "overquota"):
+        assert specs[f"f2p.lanes.{lane}.v1"].partitions >= 256
+    assert specs["f2p.retry.v1"].partitions >= 256
+    # The dedupe changelog is partition-aligned with the repartition topic, and the ingress
+    # topics have as many partitions (their requests then skip the repartition hop).
+    assert (
+        specs["f2p.admission.repartition.v1"].partitions
+        == specs["f2p.admission.dedupe.v1"].partitions
+        == specs["f2p.requests.batch"].partitions
+    )
 
 
 def test_every_topic_declares_the_record_its_values_carry() -> None:
@@ -43,7 +64,8 @@ def test_every_topic_declares_the_record_its_values_carry() -> None:
     assert schemas["f2p.analytics.v1"] == "AnalyticsWindow"
     assert schemas["f2p.status.v1"] == "RequestStatus"
     assert schemas["f2p.control.v1"] == "ControlCommand"
-    assert schemas["f2p.dedupe.v1"] is None  # no registry-framed Avro
+    assert schemas["f2p.admission.dedupe.v1"] is None  # no registry-framed Avro
+    assert schemas["f2p.lanes.batch.v1"] == schemas["f2p.admission.repartition.v1"]
     status = next(s for s in load_topic_specs() if s.name == "f2p.status.v1")
     assert "compact" in status.config["cleanup.policy"]
 
@@ -73,7 +95,7 @@ def test_apply_cli_registers_every_value_schema(stack_settings, admin, unique_na
         for subject in subjects:
             assert f"schema registered  {subject}" in result.output
             assert registry.get_compatibility(subject) == "FULL_TRANSITIVE"
-        assert "f2p.dedupe.v1" + suffix + "-value" not in result.output
+        assert "f2p.admission.dedupe.v1" + suffix + "-value" not in result.output
     finally:
         delete_topics(admin, [s.name for s in specs])
         for subject in subjects:
