@@ -126,3 +126,72 @@ def topics_list_cmd(profile: str | None, suffix: str) -> None:
         policy = f"{spec.config.get('cleanup.policy', 'delete')}/{actual.get('cleanup.policy')}"
         retention = f"{spec.config.get('retention.ms')}/{actual.get('retention.ms')}"
         click.echo(f"{spec.name:32} {spec.partitions:>5} / {parts:<6}  {policy:18}  {retention}")
+
+
+@click.command("capacity")
+@click.option("--qps", type=float, required=True, help="Target load, requests per second.")
+@click.option(
+    "--preset",
+    type=click.Choice(["quality", "fast", "fastest"]),
+    default="fast",
+    show_default=True,
+    help="quality: 50 steps + CFG; fast: Lightning 8 steps; fastest: Lightning 4 steps.",
+)
+@click.option("--size", default="1024x1024", show_default=True, help="Output WIDTHxHEIGHT.")
+@click.option("--max-batch", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--max-load",
+    type=click.FloatRange(0.05, 0.99),
+    default=0.8,
+    show_default=True,
+    help="Highest load of the busiest GPU, as a share of its capacity at full batches.",
+)
+@click.option("--p99-slo", type=click.FloatRange(0.01, 86_400), help="End-to-end P99 target, s.")
+@click.option(
+    "--partitions", type=click.IntRange(1, 100_000), help="Partitions per lane (default: = GPUs)."
+)
+@click.option(
+    "--seconds-per-step",
+    type=click.FloatRange(0.001, 100),
+    default=0.3,
+    show_default=True,
+    help="One transformer pass at 1024x1024 (the sim engine's calibration).",
+)
+@click.option("--overhead-ms", type=click.FloatRange(0, 60_000), default=25.0, show_default=True)
+@click.option("--max-in-flight", type=click.IntRange(1, 100_000), help="Default: 2 batches.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def capacity_cmd(
+    qps: float,
+    preset: str,
+    size: str,
+    max_batch: int,
+    max_load: float,
+    p99_slo: float | None,
+    partitions: int | None,
+    seconds_per_step: float,
+    overhead_ms: float,
+    max_in_flight: int | None,
+    as_json: bool,
+) -> None:
+    """GPUs, partitions, KEDA thresholds, queue wait and P99 for a target load (infra/capacity.py).
+
+    Each GPU is one bulk-service queue (its partitions' traffic, batches of up to --max-batch)
+    with the sim engine's latency model; see the module docstring for the why.
+    """
+    from infra.capacity import format_plan, parse_size, plan_capacity
+
+    width, height = parse_size(size)
+    plan = plan_capacity(
+        qps,
+        preset,
+        width,
+        height,
+        max_batch=max_batch,
+        seconds_per_step=seconds_per_step,
+        max_load=max_load,
+        p99_slo_s=p99_slo,
+        partitions=partitions,
+        overhead_s=overhead_ms / 1000,
+        max_in_flight=max_in_flight,
+    )
+    click.echo(json.dumps(plan.as_dict(), indent=2) if as_json else format_plan(plan))
