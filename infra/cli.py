@@ -22,10 +22,16 @@ def stack_group() -> None:
 
 
 @stack_group.command("up")
-def stack_up_cmd() -> None:
+@click.option(
+    "--monitoring",
+    is_flag=True,
+    help="Also start Prometheus (rules of infra/monitoring) and the consumer-lag exporter; "
+    "processes are scraped once registered under <stack dir>/monitoring/targets.",
+)
+def stack_up_cmd(monitoring: bool) -> None:
     """Start whatever is not running yet and wait until every component is ready."""
     started = time.monotonic()
-    report = stack_up(load_stack_config())
+    report = stack_up(load_stack_config(), optional=("monitoring",) if monitoring else ())
     for name, action in report.actions.items():
         ready = report.ready_after_s.get(name)
         click.echo(f"{name:9} {action}" + (f" (ready after {ready:.1f} s)" if ready else ""))
@@ -33,6 +39,9 @@ def stack_up_cmd() -> None:
     click.echo(f"bootstrap servers: {status['bootstrap_servers']}")
     click.echo(f"S3 endpoint:       {status['s3']['endpoint_url']}")
     click.echo(f"schema registry:   {status['registry_url']}")
+    if "prometheus" in status["components"]:
+        prom = status["components"]["prometheus"]
+        click.echo(f"prometheus:        {prom['endpoint']} (targets: {prom['targets']})")
     click.echo(f"stack up in {time.monotonic() - started:.1f} s")
 
 
@@ -101,6 +110,36 @@ def topics_apply_cmd(
         click.echo(f"DRIFT {d.topic}: {d.setting} spec={d.spec} broker={d.actual}")
     if not report.changed:
         click.echo("nothing to change")
+
+
+@topics_group.command("render")
+@_profile
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["strimzi"]),
+    required=True,
+    help="strimzi: KafkaTopic resources for the Strimzi Topic Operator.",
+)
+@click.option("--cluster", default="f2p", show_default=True, help="Strimzi Kafka cluster name.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write here instead of standard output.",
+)
+def topics_render_cmd(profile: str | None, fmt: str, cluster: str, output: str | None) -> None:
+    """Render infra/topics.toml as Kubernetes resources (committed under infra/k8s)."""
+    from infra.strimzi import render_topics
+
+    text = render_topics(profile, cluster=cluster)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w") as out:
+            out.write(text)
+        click.echo(f"wrote {output}")
 
 
 @topics_group.command("list")

@@ -24,6 +24,7 @@ from infra.stack.config import StackConfig
 from infra.stack.exceptions import ComponentNotReady
 from infra.stack.kafka import KafkaBroker
 from infra.stack.processes import stop, tail
+from infra.stack.prometheus import MONITORING
 from infra.stack.registry import ApicurioRegistry
 from infra.stack.seaweed import SeaweedS3
 from infra.stack.state import StackState, read_state, write_state
@@ -31,6 +32,12 @@ from infra.stack.state import StackState, read_state, write_state
 log = logging.getLogger(__name__)
 
 COMPONENTS: tuple[type[Component], ...] = (KafkaBroker, SeaweedS3, ApicurioRegistry)
+# Components started only on request (`f2p stack up --monitoring`); `down` stops them too.
+OPTIONAL: dict[str, tuple[type[Component], ...]] = {"monitoring": MONITORING}
+
+
+def _known() -> tuple[type[Component], ...]:
+    return COMPONENTS + tuple(cls for group in OPTIONAL.values() for cls in group)
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,10 @@ def _locked(config: StackConfig) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def stack_up(config: StackConfig) -> UpReport:
+def stack_up(config: StackConfig, *, optional: tuple[str, ...] = ()) -> UpReport:
     """Start every component that is not already running and healthy; wait until all are ready.
+
+    ``optional`` names groups of ``OPTIONAL`` to start as well (``("monitoring",)``).
 
     Raises PortInUse when a port is taken by a foreign process and ComponentNotReady (naming the
     component and its log) when one does not come up before the deadline.
@@ -62,7 +71,7 @@ def stack_up(config: StackConfig) -> UpReport:
         state = read_state(config.state_file)
         actions: dict[str, str] = {}
         to_start: list[type[Component]] = []
-        for cls in COMPONENTS:
+        for cls in COMPONENTS + tuple(c for g in optional for c in OPTIONAL[g]):
             recorded = state.components.get(cls.name)
             if recorded and recorded.process.is_alive():
                 actions[cls.name] = "already running"
@@ -130,7 +139,7 @@ def stack_down(config: StackConfig, *, purge: bool = False) -> list[str]:
         state = read_state(config.state_file)
         stopped = []
         # Reverse start order: the registry and S3 first, the broker last.
-        for name in reversed([cls.name for cls in COMPONENTS]):
+        for name in reversed([cls.name for cls in _known()]):
             recorded = state.components.get(name)
             if recorded is None:
                 continue
@@ -149,8 +158,10 @@ def stack_status(config: StackConfig, *, probe: bool = True) -> dict[str, Any]:
     """The stack's endpoints, credentials and per-component health, as a JSON-ready dict."""
     state = read_state(config.state_file)
     components: dict[str, Any] = {}
-    for cls in COMPONENTS:
+    for cls in _known():
         recorded = state.components.get(cls.name)
+        if recorded is None and cls not in COMPONENTS:
+            continue  # an optional component that was not asked for
         if recorded is None:
             components[cls.name] = {"state": "not started", "healthy": False}
             continue
@@ -190,5 +201,5 @@ def stack_status(config: StackConfig, *, probe: bool = True) -> dict[str, Any]:
 
 
 def _component(config: StackConfig, name: str) -> Component:
-    cls = next(c for c in COMPONENTS if c.name == name)
+    cls = next(c for c in _known() if c.name == name)
     return cls(config, None)
