@@ -45,6 +45,7 @@ _COMMANDS = (
     ("benchmarks.cli", "bench_cmd"),
     ("streams.cli", "streams_cmd"),
     ("infra.cli", "capacity_cmd"),
+    ("infra.cli", "monitoring_group"),
 )
 
 

@@ -234,3 +234,26 @@ def capacity_cmd(
         max_in_flight=max_in_flight,
     )
     click.echo(json.dumps(plan.as_dict(), indent=2) if as_json else format_plan(plan))
+
+
+@click.group("monitoring")
+def monitoring_group() -> None:
+    """Prometheus rules and Grafana dashboards as code (infra/monitoring)."""
+
+
+@monitoring_group.command("render")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a file is stale.")
+def monitoring_render_cmd(check: bool) -> None:
+    """Write the PrometheusRule and the dashboards' JSON under infra/k8s/base/monitoring."""
+    from infra.monitoring.render import stale_files, write_generated
+
+    if check:
+        stale = stale_files()
+        for path in stale:
+            click.echo(f"stale: {path}")
+        raise SystemExit(1 if stale else 0)
+    written = write_generated()
+    for path in written:
+        click.echo(f"wrote {path}")
+    if not written:
+        click.echo("up to date")
