@@ -67,8 +67,8 @@ class LagExporter(Component):
             str(REPO_ROOT / "infra" / "monitoring" / "lag_exporter.py"),
             f"--bootstrap=127.0.0.1:{self.config.ports.kafka}",
             f"--port={self.config.ports.lag_exporter}",
-            # Every group: tests name theirs freely; the dashboards select f2p-workers.
-            "--group-regex=.*",
+            # Every group by default (tests name theirs freely; the dashboards select one).
+            f"--group-regex={os.environ.get('F2P_STACK_LAG_GROUP_REGEX', '.*')}",
         ]
 
     def probe(self) -> None:
