@@ -5,6 +5,7 @@ the monitoring components with the rest."""
 from __future__ import annotations
 
 import json
+import random
 import urllib.request
 from pathlib import Path
 
@@ -12,13 +13,32 @@ import pytest
 
 from infra.monitoring.targets import register_target, targets_dir, unregister_target
 from infra.stack.config import StackConfig, StackPorts, load_stack_config
+from infra.stack.exceptions import PortInUse
 from infra.stack.launcher import stack_down, stack_status, stack_up
+from infra.stack.processes import ensure_port_free
 from infra.stack.state import read_state
 
 pytestmark = pytest.mark.integration
 
-# Every port of the session's stack + 400 (the lifecycle tests use + 200).
-PORTS = StackPorts(**{k: v + 400 for k, v in load_stack_config().ports.__dict__.items()})
+
+def _free_ports() -> StackPorts:
+    """The session stack's ports shifted by an offset at which all of them (and SeaweedFS's
+    gRPC ports, + 10000) are free now: other engineers run second stacks at fixed offsets."""
+    base = load_stack_config().ports.__dict__
+    for offset in random.Random().sample(range(300, 4000, 7), 40):
+        ports = {k: v + offset for k, v in base.items()}
+        wanted = list(ports.values()) + [v + 10000 for k, v in ports.items() if "seaweed" in k]
+        wanted.append(ports["s3"] + 10000)
+        try:
+            for port in wanted:
+                ensure_port_free(port, component="probe")
+        except PortInUse:
+            continue
+        return StackPorts(**ports)
+    raise AssertionError("no free port offset found")
+
+
+PORTS = _free_ports()
 
 
 def _get(url: str) -> dict:
