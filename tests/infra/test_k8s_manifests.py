@@ -173,7 +173,10 @@ def _known_variables() -> set[str]:
     known = set(re.findall(r'"(F2P_[A-Z0-9_]+)"', settings))
     known |= {f"F2P_WORKER_{f.name.upper()}" for f in dataclasses.fields(WorkerConfig)}
     known |= set(RETRY_VARIABLES.values())
-    from inference_consumer.engines.factory import _ENV
+    try:  # the engine settings moved to engines/config.py on main (issue 9)
+        from inference_consumer.engines.config import _ENV  # type: ignore[attr-defined]
+    except ImportError:
+        from inference_consumer.engines.factory import _ENV
 
     known |= {variable for variable, _ in _ENV.values()}
     return known | {"F2P_LOG_FORMAT", "F2P_LOG_LEVEL"}
