@@ -13,7 +13,7 @@ KUSTOMIZE_VERSION := v5.7.1
 KUSTOMIZE  := $(TOOLS)/bin/kustomize
 PROMETHEUS := $(TOOLS)/prometheus/usr/bin/prometheus
 
-.PHONY: demo test lint format bench stack-up stack-down clean tools generate
+.PHONY: demo test lint format bench stack-up stack-down java-example clean tools generate
 
 demo: $(INSTALLED) tools  ## The main job: stack up, tiny workers, publish, wait, summary.
 	$(BIN)/f2p demo
@@ -64,6 +64,17 @@ stack-up: $(INSTALLED)
 
 stack-down: $(INSTALLED)
 	$(BIN)/f2p stack down
+
+# The JVM publisher of docs/PUBLISHING.md against the embedded stack (after `f2p stack up` and
+# `f2p topics apply`, with a worker running): `make java-example LANE=batch`. Maven works
+# offline once its first run has fetched the dependencies.
+JAVA_EXAMPLE := examples/java-publisher
+LANE ?= interactive
+java-example: $(INSTALLED)
+	cd $(JAVA_EXAMPLE) && (mvn -o -q -B package >/dev/null 2>&1 || mvn -q -B package)
+	$(BIN)/f2p stack status --json > $(JAVA_EXAMPLE)/target/stack.json
+	cd $(JAVA_EXAMPLE) && java -cp 'target/classes:target/lib/*' \
+		io.f2pstream.example.PublishAndWait --stack-status target/stack.json --lane $(LANE)
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'

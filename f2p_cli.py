@@ -12,7 +12,7 @@ import sys
 import click
 
 from f2p_errors import F2PError
-from infra.cli import stack_group, topics_group
+from infra.cli import kafka_cmd, stack_group, topics_group
 
 
 @click.group()
@@ -31,6 +31,7 @@ def cli(log_level: str) -> None:
 
 cli.add_command(stack_group)
 cli.add_command(topics_group)
+cli.add_command(kafka_cmd)
 
 
 # (module, attribute) of every subcommand outside infra; imported lazily so `f2p stack` does not

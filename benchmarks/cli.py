@@ -110,7 +110,8 @@ def bench_cmd(
 
     Scenarios: control (control-plane throughput at zero service time), overhead (added
     latency at 50 % load), duty (engine duty cycle, 1024² WebP outputs), scaling (1, 2, 4, 8
-    workers), failover (kill -9 of one of four workers), publish (publisher SDK).
+    workers), failover (kill -9 of one of four workers), publish (publisher SDK), engine
+    (transformer evaluations and CPU time per image per preset, tiny engine on CPU).
     """
     if ctx.invoked_subcommand is not None:
         return

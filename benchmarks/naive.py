@@ -13,9 +13,9 @@ transaction), made honest rather than crippled:
 * ``linger.ms=0`` on its producer: a synchronous loop gains nothing from lingering.
 
 What it lacks is exactly what our worker adds: overlap of I/O with inference, batching, and
-amortising one transaction over many results. It writes no dedupe changelog (one message per
-transaction already gives exactly-once for redeliveries; duplicate *submissions* are not
-deduplicated, which the benchmarks do not exercise).
+amortising one transaction over many results. It needs no done-offsets in its commits (one
+message per transaction already gives exactly-once for redeliveries). It writes the same records
+as ours (``outcomes.OutcomeWriter``).
 """
 
 from __future__ import annotations
@@ -29,23 +29,19 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from connectors.eos.records import MessageRef
 from connectors.kafka import make_consumer, make_transactional_producer
 from connectors.registry import make_registry_client
 from connectors.s3 import make_s3_client
 from connectors.settings import Settings
 from f2p_errors import F2PError
-from inference_consumer.config import WorkerConfig
+from inference_consumer.config import KafkaTimeouts, WorkerConfig
 from inference_consumer.engines.base import Engine
+from inference_consumer.memory import DecodeBudget, HeldBytes
 from inference_consumer.metrics import WorkerMetrics
+from inference_consumer.outcomes import OutcomeWriter
 from inference_consumer.stages import StageContext, prefetch, run_engine_batch
-from inference_consumer.work import (
-    ATTEMPT_HEADER,
-    NOT_BEFORE_HEADER,
-    ORIGIN_HEADER,
-    Outcome,
-    OutcomeKind,
-    WorkItem,
-)
+from inference_consumer.work import Outcome, WorkItem
 from schemas.codec import AvroCodec
 from schemas.validation import RequestLimits
 
@@ -63,9 +59,10 @@ class NaiveConfig:
     worker_id: str
     group_id: str
     lanes: tuple[str, ...]
-    session_timeout_ms: int = WorkerConfig.session_timeout_ms
-    heartbeat_interval_ms: int = WorkerConfig.heartbeat_interval_ms
-    transaction_timeout_ms: int = WorkerConfig.transaction_timeout_ms
+    # Our worker's timeouts on a single-node cluster (the benchmarks' embedded stack).
+    session_timeout_ms: int = KafkaTimeouts.for_cluster(1).session_timeout_ms
+    heartbeat_interval_ms: int = KafkaTimeouts.for_cluster(1).heartbeat_interval_ms
+    transaction_timeout_ms: int = KafkaTimeouts.for_cluster(1).transaction_timeout_ms
     static_membership: bool = True
     poll_timeout_s: float = 0.1
 
@@ -94,8 +91,9 @@ class NaiveWorker:
         self.codec = AvroCodec(make_registry_client(settings), auto_register=settings.embedded)
         self._outcomes: list[Outcome] = []
         self._stop = threading.Event()
+        worker_config = WorkerConfig(worker_id=config.worker_id, group_id=config.group_id)
         self.ctx = StageContext(
-            config=WorkerConfig(worker_id=config.worker_id, group_id=config.group_id),
+            config=worker_config,
             codec=self.codec,
             s3=make_s3_client(settings, max_pool_connections=2),
             results_bucket=settings.results_bucket,
@@ -104,7 +102,12 @@ class NaiveWorker:
             metrics=WorkerMetrics(config.worker_id),
             emit=self._outcomes.append,
             is_current=lambda _item: True,
+            decode_budget=DecodeBudget(worker_config.decode_budget_bytes),
+            held=HeldBytes(worker_config.held_bytes_limit),
         )
+        lanes = {"interactive": settings.topics.requests_interactive}
+        lanes["batch"] = settings.topics.requests_batch
+        self.writer = OutcomeWriter(settings.topics, self.codec, lane_topics=lanes)
 
     def stop(self) -> None:
         self._stop.set()
@@ -157,13 +160,10 @@ class NaiveWorker:
     def process(self, msg: Message) -> Outcome:
         """Run one message through the stages on this thread; return its one outcome."""
         item = WorkItem(
-            generation=0,
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
+            ref=MessageRef(msg.topic(), msg.partition(), msg.offset(), 0),
             key=msg.key(),
             value=msg.value(),
-            headers=msg.headers() or [],
+            headers=list(msg.headers() or []),
         )
         self._outcomes.clear()
         ready = prefetch(self.ctx, item)
@@ -188,7 +188,10 @@ class NaiveWorker:
             # Step 1.
             producer.begin_transaction()
             # Step 2.
-            self._produce(producer, outcome)
+            for record in self.writer.completion(outcome).records:
+                producer.produce(
+                    record.topic, value=record.value, key=record.key, headers=record.headers
+                )
             # Step 3.
             offsets = [TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)]
             _retry(
@@ -205,24 +208,6 @@ class NaiveWorker:
             log.warning("aborting transaction: %s", error)
             producer.abort_transaction(30)
             consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
-
-    def _produce(self, producer: Producer, outcome: Outcome) -> None:
-        topics = self.settings.topics
-        item = outcome.item
-        if outcome.kind is OutcomeKind.RESULT and outcome.result is not None:
-            value = self.codec.encode(topics.results, outcome.result)
-            producer.produce(topics.results, value=value, key=outcome.result.request_id.encode())
-        elif outcome.kind is OutcomeKind.DEAD_LETTER and outcome.dead_letter is not None:
-            value = self.codec.encode(topics.dlq, outcome.dead_letter)
-            producer.produce(topics.dlq, value=value, key=item.key)
-        elif outcome.kind is OutcomeKind.RETRY:
-            not_before_ms = int((time.time() + outcome.retry_delay_s) * 1000)
-            headers = [
-                (ATTEMPT_HEADER, str(item.attempt + 1).encode()),
-                (NOT_BEFORE_HEADER, str(not_before_ms).encode()),
-                (ORIGIN_HEADER, item.topic.encode()),
-            ]
-            producer.produce(topics.retry, value=item.value, key=item.key, headers=headers)
 
 
 def _retry(call: Callable[[], object], deadline_s: float = 30) -> None:

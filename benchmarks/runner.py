@@ -40,8 +40,8 @@ class RecordingEngine(Engine):
         self.intervals: list[tuple[float, float, int]] = []
         self._lock = threading.Lock()
 
-    def batch_key(self, params: GenerationParams) -> tuple:
-        return self.inner.batch_key(params)
+    def batch_key(self, params: GenerationParams, prompt: str | None = None) -> tuple:
+        return self.inner.batch_key(params, prompt)
 
     def generate(self, batch: Sequence[EngineRequest]) -> list[EngineOutput]:
         start = time.time()
@@ -78,19 +78,26 @@ def trace_commits(worker: Any) -> list[tuple[float, float, int]]:
     """Record ``(start, end, outcomes)`` of every transaction the worker commits (diagnostics,
     ``F2P_BENCH_TRACE=1``): wraps the commit method of this one worker instance."""
     spans: list[tuple[float, float, int]] = []
-    if hasattr(worker, "output"):  # ours: TransactionalOutput is created in run()
-        from inference_consumer.transactions import TransactionalOutput
+    if hasattr(worker, "loop"):  # ours: every checkpoint's start → finish
+        from connectors.eos.checkpoint import Checkpoint
 
-        inner = TransactionalOutput.commit
+        inner_start, inner_finish = Checkpoint.start, Checkpoint.finish
+        started: dict[int, float] = {}
 
-        def commit(self: Any, batch: Any, metadata: object) -> None:
-            start = time.time()
-            try:
-                inner(self, batch, metadata)
-            finally:
-                spans.append((start, time.time(), len(batch.outcomes)))
+        def start(self: Any, *args: Any) -> bool:
+            started[id(self)] = time.time()
+            return inner_start(self, *args)
 
-        TransactionalOutput.commit = commit  # type: ignore[method-assign]
+        def finish(self: Any, *args: Any) -> bool:
+            done = inner_finish(self, *args)
+            if done:
+                spans.append(
+                    (started.pop(id(self), time.time()), time.time(), len(self.completions))
+                )
+            return done
+
+        Checkpoint.start = start  # type: ignore[method-assign]
+        Checkpoint.finish = finish  # type: ignore[method-assign]
     else:
         naive_commit = worker.commit
 

@@ -24,7 +24,7 @@ from benchmarks.session import Bench
 from connectors.settings import Settings
 
 IMPLS = ("ours", "naive")
-SCENARIOS = ("control", "overhead", "duty", "scaling", "failover", "publish")
+SCENARIOS = ("control", "overhead", "duty", "scaling", "failover", "publish", "engine")
 
 
 @dataclass
@@ -242,6 +242,32 @@ def _publish(bench: Bench, sizes: Sizes, report: Report, console: Console) -> No
     report.rows.append(Row("publish", "publisher SDK, distinct faces", "req/s", ours, naive))
 
 
+def _engine(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
+    """Evaluations and CPU time per image per preset (tiny engine); "naive" is QUALITY."""
+    from benchmarks.engine_bench import run_engine_bench
+
+    figures = _attempt(report, console, "engine", lambda: {"presets": run_engine_bench()})
+    if figures is None:
+        return
+    rows = {row["preset"]: row for row in figures["presets"]}
+    base = rows["QUALITY"]
+    for preset, row in rows.items():
+        report.rows.append(
+            Row(
+                "engine",
+                f"{preset}: transformer evaluations per image",
+                "evals",
+                row["transformer_evaluations_per_image"],
+                base["transformer_evaluations_per_image"],
+                "reported per preset",
+            )
+        )
+        report.rows.append(Row(
+            "engine", f"{preset}: CPU time per image (tiny, 64²)", "ms",
+            row["cpu_ms_per_image"], base["cpu_ms_per_image"],
+        ))  # fmt: skip
+
+
 _RUNNERS = {
     "control": _control,
     "overhead": _overhead,
@@ -249,4 +275,5 @@ _RUNNERS = {
     "scaling": _scaling,
     "failover": _failover,
     "publish": _publish,
+    "engine": _engine,
 }

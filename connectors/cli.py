@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,6 +35,8 @@ from rich.progress import (
 
 from f2p_errors import InvalidInput
 
+# A replay run id seeds new request ids and names checkpoints: plain and bounded.
+RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _LANES = click.Choice(["interactive", "batch"], case_sensitive=False)
 _STATUSES = click.Choice(["OK", "FAILED", "EXPIRED", "REJECTED"], case_sensitive=False)
 
@@ -51,6 +55,18 @@ class IsoTime(click.ParamType):
             except ValueError:
                 self.fail(f"{value!r} is not an ISO 8601 timestamp", param, ctx)
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and infinities (which pass its comparisons)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def _stderr() -> Console:
@@ -104,7 +120,7 @@ def _attrs(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, str] | 
 )
 @click.option(
     "--count",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000_000),
     help="Generate N requests with the bundled sample face (load tests).",
 )
 @click.option("--prompt", help="Text prompt (default for --count: a studio photo prompt).")
@@ -123,7 +139,8 @@ def _attrs(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, str] | 
     "--format", "format_", type=click.Choice(["webp", "png", "jpeg"], case_sensitive=False)
 )
 @click.option("--quality", type=int)
-@click.option("--deadline-s", type=float, help="Deadline, seconds from now.")
+# Request fields stay plain types: validation refuses them with a field name and a code.
+@click.option("--deadline-s", type=float, help="Deadline, seconds from now (max 7 days).")
 @click.option(
     "--attr",
     "attributes",
@@ -134,18 +151,18 @@ def _attrs(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, str] | 
 )
 @click.option(
     "--distinct-faces",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000),
     default=1,
     show_default=True,
     help="With --count: how many different sample faces to rotate.",
 )
 @click.option(
     "--duplicate-fraction",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Resend this fraction of the requests unchanged (same request_id).",
 )
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Max requests/s.")
+@click.option("--rate", type=FiniteFloat(0.001, 1_000_000), help="Max requests/s.")
 @click.option(
     "--inline-small-images",
     is_flag=True,
@@ -194,9 +211,13 @@ def publish_cmd(
                 assert count is not None
                 samples = sample_requests(publisher, count, defaults, distinct_faces)
                 # The first sample validates the flags before anything is sent.
-                requests = itertools.chain([next(samples)], samples)
+                first = next(samples)
+                requests = itertools.chain([first], samples)
         except InvalidInput as exc:
             raise _invalid(exc) from exc
+        # Unreachable Kafka or a missing topic: one clear error in seconds, nothing sent.
+        topics = [first.topic] if count is not None else [r.topic for r in requests]
+        publisher.check_cluster(topics)
         expected = count if count is not None else len(requests)
         with _progress("publishing", expected + round(expected * duplicate_fraction)) as progress:
             task = progress.task_ids[0]
@@ -209,7 +230,7 @@ def publish_cmd(
                 expected=expected, on_delivered=delivered,
             )  # fmt: skip
     _print_publish_summary(summary, as_json)
-    if summary.failed:
+    if summary.failed or summary.not_sent:
         raise SystemExit(1)
 
 
@@ -218,20 +239,25 @@ def _print_publish_summary(summary: Any, as_json: bool) -> None:
         payload = {
             "sent": summary.sent, "delivered": summary.delivered,
             "duplicates": summary.duplicates, "failed": dict(summary.failed),
+            "errors": summary.errors, "not_sent": summary.not_sent,
+            "failed_request_ids": summary.failed_request_ids,
             "uploaded_faces": summary.uploaded_faces, "elapsed_s": round(summary.elapsed_s, 3),
             "requests_per_s": round(summary.rate, 1), "request_ids": summary.request_ids,
         }  # fmt: skip
         click.echo(json.dumps(payload))
         return
     if len(summary.request_ids) == 1:
-        click.echo(f"request_id: {summary.request_ids[0]}")
+        failed = " (failed: not delivered)" if summary.failed_request_ids else ""
+        click.echo(f"request_id: {summary.request_ids[0]}{failed}")
     click.echo(
         f"sent {summary.sent} ({summary.duplicates} duplicates), delivered {summary.delivered}, "
         f"new face uploads {summary.uploaded_faces}, {summary.rate:.0f} req/s "
         f"in {summary.elapsed_s:.2f} s"
     )
     for reason, n in summary.failed.most_common():
-        click.echo(f"failed: {n} {reason}")
+        click.echo(f"failed: {n} {reason}: {summary.errors.get(reason, '')}".rstrip(": "))
+    if summary.not_sent:
+        click.echo(f"not sent: {summary.not_sent} request(s), because the first one failed")
 
 
 # -- f2p results ---------------------------------------------------------------------------------
@@ -253,7 +279,11 @@ def _print_publish_summary(summary: Any, as_json: bool) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Fetch the images of OK results into DIR/<request_id>/.",
 )
-@click.option("--idle-timeout", type=float, help="With --follow: stop after this many idle s.")
+@click.option(
+    "--idle-timeout",
+    type=FiniteFloat(0, 86_400),
+    help="With --follow: stop after this many idle s.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result.")
 def results_cmd(
     follow: bool,
@@ -269,6 +299,11 @@ def results_cmd(
     from connectors.results import download_images, iter_results
     from connectors.s3 import make_s3_client
 
+    if download is not None:
+        try:  # fail before reading anything rather than at the first image
+            download.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot create {download}: {exc.strerror}") from exc
     settings = _settings()
     s3 = make_s3_client(settings) if download else None
     found = 0
@@ -330,7 +365,7 @@ def _result_line(result: Any) -> str:
     help="Only requests whose result has this status (repeatable).",
 )
 @click.option("--target-lane", type=_LANES, default="batch", show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Max requests/s.")
+@click.option("--rate", type=FiniteFloat(0.001, 1_000_000), help="Max requests/s.")
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed; publish nothing.")
 @click.option(
     "--checkpoint",
@@ -369,6 +404,16 @@ def replay_cmd(
 
     if since and until and since >= until:
         raise click.UsageError("--from must be before --to")
+    from connectors.replay_selection import TOPIC_NAME
+
+    for source in sources:  # a topic name reaches librdkafka, which only takes legal ones
+        if not TOPIC_NAME.fullmatch(source):
+            shown = source if len(source) <= 80 else f"{source[:80]}..."
+            raise click.BadParameter(f"{shown!r} is not a Kafka topic name", param_hint="--source")
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise click.BadParameter(
+            "must be 1 to 128 letters, digits, '.', '_', ':' or '-'", param_hint="--run-id"
+        )
     settings = _settings()
     lanes = {lane.value.lower(): lane_topic(settings, lane) for lane in Lane}
     selection = ReplaySelection(

@@ -27,6 +27,15 @@ def common_config(settings: Settings, client_id: str) -> dict[str, Any]:
         # Small request/response messages dominate (commits, txn markers): no Nagle delay.
         "socket.nagle.disable": True,
         "socket.keepalive.enable": True,
+        # librdkafka's defaults (60 s request timeout, 30 s connection setup, reconnect back-off
+        # growing to 10 s) kept a SIGSTOPped broker's clients waiting for its whole pause and
+        # resumed results 20-25 s after a lost quorum came back (issue 7). A hung broker is
+        # given up after 10 s; a restarted one is reconnected to within a second. (A
+        # transactional producer needs socket.timeout.ms <= transaction.timeout.ms.)
+        "socket.timeout.ms": 10_000,
+        "socket.connection.setup.timeout.ms": 5_000,
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 1_000,
         # Route librdkafka's own log lines into Python logging instead of stderr.
         "logger": _librdkafka_log,
         **settings.kafka_extra,
@@ -88,7 +97,10 @@ def make_transactional_producer(
         # retry.backoff.max.ms (1 s) for errors that persist.
         "retry.backoff.ms": 10,
     }
-    return Producer({**config, **_overrides(overrides)})
+    config = {**config, **_overrides(overrides)}
+    # librdkafka refuses socket.timeout.ms > transaction.timeout.ms + 100.
+    config["socket.timeout.ms"] = min(config["socket.timeout.ms"], config["transaction.timeout.ms"])
+    return Producer(config)
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[str, Any]:
@@ -109,6 +121,10 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         "fetch.wait.max.ms": 50,
         # Bound prefetch memory per consumer (default 64 MiB); requests are small.
         "queued.max.messages.kbytes": 16 * 1024,
+        # Bound one fetch response (default 50 MiB / 100 MB): lanes hold messages of at most
+        # 1 MiB, and a hostile batch decompresses into at most this much.
+        "fetch.max.bytes": 8 * 1024 * 1024,
+        "receive.message.max.bytes": 16 * 1024 * 1024,
         "socket.receive.buffer.bytes": 1024 * 1024,
     }
 

@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -37,7 +38,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from connectors.claim_check import ClaimCheckStore, face_ref, sha256_hex
 from connectors.kafka import make_producer
 from connectors.registry import make_registry_client
-from connectors.s3 import make_s3_client
+from connectors.s3 import describe_s3_error, make_s3_client
 from connectors.settings import Settings
 from f2p_errors import F2PError, InvalidInput
 from schemas.codec import AvroCodec
@@ -57,6 +58,20 @@ class PublishError(F2PError):
         super().__init__(message)
         self.code = code
         self.retriable = retriable
+
+
+class KafkaUnavailable(PublishError):
+    """No broker answered a metadata request in time: nothing can be delivered."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="KAFKA_UNAVAILABLE", retriable=True)
+
+
+class TopicMissing(PublishError):
+    """A lane topic does not exist on the cluster (auto-creation is off)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="UNKNOWN_TOPIC")
 
 
 class PublisherClosed(PublishError):
@@ -222,6 +237,42 @@ class Publisher:
             if len(self._decoded) > 10_000:
                 self._decoded.popitem(last=False)
 
+    # -- before sending ---------------------------------------------------------------------------
+
+    def check_cluster(self, topics: Iterable[str], timeout_s: float = 10.0) -> None:
+        """Fail fast, before anything is sent, when Kafka is unreachable or a topic is missing.
+
+        One metadata request per topic, bounded by ``timeout_s``: without it an unreachable
+        cluster shows only when the first delivery times out (``delivery.timeout.ms``, 2
+        minutes). A separate quiet admin client does it, so the producer logs nothing.
+        Raises KafkaUnavailable or TopicMissing naming the bootstrap servers.
+        """
+        from connectors.kafka import make_admin
+
+        bootstrap = self._settings.bootstrap_servers
+        admin = make_admin(self._settings, config={"log_level": 0})
+        # The producer connects at creation and would log every refused connection meanwhile;
+        # the outcome of this check is the one line worth reading. Restored once it passed.
+        librdkafka = logging.getLogger("librdkafka")
+        level = librdkafka.level
+        librdkafka.setLevel(logging.CRITICAL)
+        for topic in dict.fromkeys(topics):
+            try:
+                metadata = admin.list_topics(topic=topic, timeout=timeout_s)
+            except KafkaException as exc:
+                raise KafkaUnavailable(
+                    f"Kafka at {bootstrap} did not answer a metadata request within "
+                    f"{timeout_s:g} s ({exc.args[0].str()}); nothing was sent"
+                ) from exc
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None:
+                reason = found.error.str() if found is not None and found.error else "absent"
+                raise TopicMissing(
+                    f"topic {topic} is not available on the cluster at {bootstrap} ({reason}); "
+                    f"create it with `f2p topics apply`; nothing was sent"
+                )
+        librdkafka.setLevel(level)
+
     # -- phase 2: send (upload, produce, deliver) -------------------------------------------------
 
     def send(self, prepared: PreparedRequest) -> Future[DeliveryReport]:
@@ -261,9 +312,10 @@ class Publisher:
         try:
             uploaded = self._claims.store(ref, prepared.face_bytes)
         except Exception as exc:
+            endpoint = self._settings.s3_endpoint_url or "AWS S3"
             error = PublishError(
-                f"request {prepared.request.request_id}: uploading the face to "
-                f"s3://{ref.bucket}/{ref.key} failed: {exc}",
+                f"request {prepared.request.request_id} was not sent: uploading its face to "
+                f"s3://{ref.bucket}/{ref.key} at {endpoint} failed: {describe_s3_error(exc)}",
                 code="UPLOAD_FAILED",
                 retriable=True,
             )

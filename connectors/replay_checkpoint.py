@@ -74,8 +74,11 @@ class ReplayCheckpoint:
         payload: dict[str, Any] = {"version": VERSION, **dataclasses.asdict(self)}
         payload["ranges"] = {k: list(v) for k, v in self.ranges.items()}
         payload["target_marks"] = {str(k): v for k, v in self.target_marks.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        except OSError as exc:
+            raise ConfigError(f"replay checkpoint {path}: cannot write: {exc}") from exc
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(payload, out, indent=2, sort_keys=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -25,6 +26,17 @@ class ReplayError(F2PError):
     """A replay could not run or stopped; its checkpoint lets a rerun resume."""
 
 
+#: Kafka's legal topic names (and their length limit).
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _bounded(text: str, limit: int) -> int:
+    """A non-negative decimal integer below ``limit``; ValueError otherwise."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20 or int(text) >= limit:
+        raise ValueError(text)
+    return int(text)
+
+
 def parse_offsets(text: str) -> dict[tuple[str | None, int], int]:
     """``"0:100,1:250"`` or ``"f2p.requests.batch:0:100"`` → ``{(topic|None, p): offset}``."""
     spec: dict[tuple[str | None, int], int] = {}
@@ -32,14 +44,25 @@ def parse_offsets(text: str) -> dict[tuple[str | None, int], int]:
         parts = item.rsplit(":", 2)
         try:
             if len(parts) == 2:
-                spec[(None, int(parts[0]))] = int(parts[1])
-            elif len(parts) == 3 and parts[0]:
-                spec[(parts[0], int(parts[1]))] = int(parts[2])
+                topic, partition, offset = (
+                    None,
+                    _bounded(parts[0], 2**31),
+                    _bounded(parts[1], 2**63),
+                )
+            elif len(parts) == 3 and TOPIC_NAME.fullmatch(parts[0]):
+                topic, partition, offset = (
+                    parts[0],
+                    _bounded(parts[1], 2**31),
+                    _bounded(parts[2], 2**63),
+                )
             else:
                 raise ValueError(item)
+            spec[(topic, partition)] = offset
         except ValueError:
+            shown = item if len(item) <= 80 else f"{item[:80]}... ({len(item)} characters)"
             raise ConfigError(
-                f"offsets: expected PARTITION:OFFSET or TOPIC:PARTITION:OFFSET, got {item!r}"
+                f"offsets: expected PARTITION:OFFSET or TOPIC:PARTITION:OFFSET with a partition "
+                f"below 2^31 and an offset below 2^63, got {shown!r}"
             ) from None
     return spec
 

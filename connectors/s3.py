@@ -56,3 +56,16 @@ def put_if_absent(
             return False
         raise
     return True
+
+
+def describe_s3_error(exc: BaseException) -> str:
+    """One line saying why an S3 call failed: the service's error code and message
+    (``SignatureDoesNotMatch: The request signature we calculated ...``) or the connection
+    error (``EndpointConnectionError: Could not connect to the endpoint URL ...``)."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = error.get("Code") or f"HTTP {status}"
+        return f"{code}: {error.get('Message') or exc}"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}".rstrip(": ")

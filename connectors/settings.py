@@ -114,7 +114,9 @@ def _embedded_stack(stack_dir: Path | None) -> dict[str, Any]:
     from infra.stack.launcher import stack_status
 
     status = stack_status(load_stack_config(stack_dir), probe=False)
-    if status["components"]["kafka"].get("state") != "running":
+    # A cluster with a node down ("degraded") still serves: clients bootstrap from the others.
+    state = status["components"]["kafka"].get("state", "")
+    if state != "running" and not state.startswith("degraded"):
         return {}
     return status
 

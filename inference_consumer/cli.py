@@ -9,7 +9,14 @@ import click
 
 from connectors.settings import load_settings
 from inference_consumer.config import WorkerConfig
-from inference_consumer.engines.factory import EngineConfig, create_engine
+from inference_consumer.engines.config import (
+    CACHE_NAMES,
+    PRESET_NAMES,
+    QUANTIZATION_NAMES,
+    EngineConfig,
+    parse_sizes,
+)
+from inference_consumer.engines.factory import create_engine
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +44,27 @@ log = logging.getLogger(__name__)
 @click.option("--device", help="torch device for tiny/qwen-f2p, e.g. cuda:0.")
 @click.option("--model-path", help="qwen-f2p base model: hub id or local directory.")
 @click.option("--lora-path", help="qwen-f2p F2P LoRA: hub id or local file/directory.")
+@click.option("--lora-weight-name", help="F2P LoRA file inside --lora-path (may hold a folder).")
+@click.option("--lightning-lora-path", help="Lightning LoRA: hub id or local file/directory.")
+@click.option("--lightning-weight-name", help="Lightning LoRA file inside its path.")
+@click.option("--lightning-steps", type=click.Choice(["4", "8"]), help="Its distilled steps.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES, case_sensitive=False))
+@click.option(
+    "--attention-backend", metavar="NAME", help="diffusers backend: native (SDPA, default), flash…"
+)
+@click.option("--cache", type=click.Choice(CACHE_NAMES), help="Cache hook of the fastest preset.")
+@click.option("--quantization", type=click.Choice(QUANTIZATION_NAMES), help="Default none.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="Regional torch.compile.")
+@click.option("--warmup-sizes", help="Sizes to warm up, e.g. 1024x1024,768x1344.")
 @click.option("--shutdown-timeout-s", type=click.FloatRange(0, 3600))
 def worker_cmd(engine_name: str | None, **options: object) -> None:
-    """Run one inference worker (one per GPU) until SIGTERM/SIGINT."""
+    """Run one inference worker (one per GPU) until SIGTERM/SIGINT.
+
+    Every engine flag has an F2P_ENGINE_* variable (inference_consumer/engines/config.py).
+    """
     from inference_consumer.worker import Worker
 
+    steps, sizes = options.pop("lightning_steps"), options.pop("warmup_sizes")
     engine_overrides = {
         "name": engine_name,
         "max_batch_size": options.pop("max_batch"),
@@ -50,6 +73,16 @@ def worker_cmd(engine_name: str | None, **options: object) -> None:
         "device": options.pop("device"),
         "model_path": options.pop("model_path"),
         "lora_path": options.pop("lora_path"),
+        "lora_weight_name": options.pop("lora_weight_name"),
+        "lightning_lora_path": options.pop("lightning_lora_path"),
+        "lightning_weight_name": options.pop("lightning_weight_name"),
+        "lightning_steps": int(str(steps)) if steps else None,
+        "preset": options.pop("preset"),
+        "attention_backend": options.pop("attention_backend"),
+        "cache": options.pop("cache"),
+        "quantization": options.pop("quantization"),
+        "compile": options.pop("compile_"),
+        "warmup_sizes": _sizes(str(sizes)) if sizes else None,
     }
     engine_config = EngineConfig.from_env(
         **{k: v for k, v in engine_overrides.items() if v is not None}
@@ -70,6 +103,13 @@ def worker_cmd(engine_name: str | None, **options: object) -> None:
         worker.run()
     finally:
         engine.close()
+
+
+def _sizes(raw: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return parse_sizes(raw)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--warmup-sizes") from None
 
 
 @click.command("demo")

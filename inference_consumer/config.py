@@ -2,12 +2,13 @@
 
 Every field has an ``F2P_WORKER_*`` variable (upper-cased field name) and a default that works
 on the embedded stack; the retry policy's fields have ``F2P_WORKER_RETRY_*`` variables
-(``RETRY_VARIABLES``). Kafka timing defaults are chosen for fast failover (see comments).
+(``RETRY_VARIABLES``). Kafka timeouts left unset follow the cluster (``KafkaTimeouts``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -41,23 +42,43 @@ class WorkerConfig:
 
     worker_id: str = field(default_factory=lambda: f"worker-{socket.gethostname()}")
     group_id: str = "f2p-workers"
-    # Batching: up to max_batch_size compatible requests, waiting at most max_batch_wait_ms
-    # after the first one arrives. Under load batches fill while the engine is busy, so the wait
-    # only matters when it is idle: keep it short (each ms is added latency at low load).
-    max_batch_wait_ms: int = 2
-    # In-flight bound (polled but not yet committed); partitions are paused above it and
-    # resumed below half of it. A few batches' worth keeps the engine fed without hoarding.
+    # Batching: a batch starts as soon as the engine is free, with the compatible requests that
+    # queued while it was busy (opportunistic); a positive wait holds an incomplete batch up to
+    # that long after its oldest request arrived (each ms is added latency at low load).
+    max_batch_wait_ms: int = 0
+    # In-flight bound (polled, not yet done); partitions are paused above it and resumed below
+    # half of it. A few batches' worth keeps the engine fed without hoarding.
     max_in_flight: int = 64
+    # Share of max_in_flight each lane may hold at most, so a backlog on a low lane cannot take
+    # every slot from a higher one (and the engine's lane weights, stride-scheduled).
+    lane_weights: tuple[tuple[str, float], ...] = (
+        ("interactive", 16.0),
+        ("batch", 4.0),
+        ("overquota", 1.0),
+    )
+    # A message whose value is larger than this is dead-lettered unread (the lanes' own limit
+    # is 1 MiB compressed; a valid request is a few KiB plus at most 256 KiB of inline face).
+    max_message_bytes: int = 2 * 1024 * 1024
+    # Bytes of decoded pixels being decoded at once, and of work held between stages; above
+    # the latter the worker stops fetching. Faces are held scaled down to the condition area.
+    decode_budget_bytes: int = 256 * 1024 * 1024
+    held_bytes_limit: int = 512 * 1024 * 1024
+    # Offsets between a partition's commit point and its highest polled offset (the done
+    # offsets above the point travel in the commit metadata).
+    max_window: int = 4096
+    # /healthz turns 503 when work waits and nothing committed or progressed for this long.
+    stall_timeout_s: float = 300.0
     prefetch_threads: int = 4
     upload_threads: int = 4
     output_format: ImageFormat = ImageFormat.WEBP
     # Commit completed outcomes at least this often (one transaction per commit, ~3 ms here).
     commit_interval_ms: int = 5
     # kill -9 is detected after session_timeout_ms; transactions of a dead worker are aborted
-    # by the coordinator after transaction_timeout_ms. Both bound failover time.
-    session_timeout_ms: int = 6000
-    heartbeat_interval_ms: int = 1000
-    transaction_timeout_ms: int = 6000
+    # by the coordinator after transaction_timeout_ms. Both bound failover time. None: chosen
+    # for the cluster at start-up (``KafkaTimeouts.for_cluster``).
+    session_timeout_ms: int | None = None
+    heartbeat_interval_ms: int | None = None
+    transaction_timeout_ms: int | None = None
     # KIP-345 static membership (group.instance.id = worker_id): a worker restarted within the
     # session timeout gets its partitions back without a rebalance, but librdkafka never sends
     # LeaveGroup for a static member, so a SIGTERM'd worker's partitions idle for the whole
@@ -79,7 +100,7 @@ class WorkerConfig:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = os.environ.get(f"F2P_WORKER_{f.name.upper()}")
-            if raw is not None and f.name not in ("retry", "lanes"):
+            if raw is not None and f.name not in ("retry", "lanes", "lane_weights"):
                 values[f.name] = _parse(f"F2P_WORKER_{f.name.upper()}", raw, f.type)
         retry = {
             f.name: _parse(RETRY_VARIABLES[f.name], os.environ[RETRY_VARIABLES[f.name]], f.type)
@@ -107,17 +128,28 @@ class WorkerConfig:
             "prefetch_threads",
             "upload_threads",
             "commit_interval_ms",
-            "session_timeout_ms",
-            "heartbeat_interval_ms",
-            "transaction_timeout_ms",
+            "max_message_bytes",
+            "decode_budget_bytes",
+            "held_bytes_limit",
+            "max_window",
+            "stall_timeout_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise fail(name, "positive")
+        for name in ("session_timeout_ms", "heartbeat_interval_ms", "transaction_timeout_ms"):
+            value = getattr(self, name)
+            if value is not None and not 1000 <= value <= 900_000:
+                raise fail(name, "between 1000 and 900000 ms")
+        if self.max_window > 8192:
+            raise fail("max_window", "at most 8192 (it travels in the commit metadata)")
         if self.max_batch_wait_ms < 0:
             raise fail("max_batch_wait_ms", ">= 0")
-        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+        timeouts = self.kafka_timeouts(brokers=1)
+        if timeouts.heartbeat_interval_ms * 3 > timeouts.session_timeout_ms:
             raise fail("heartbeat_interval_ms", "<= session_timeout_ms / 3")
+        if any(weight <= 0 for _, weight in self.lane_weights):
+            raise ConfigError(f"worker lane weights must be positive, got {self.lane_weights}")
         if self.shutdown_timeout_s < 0:
             raise fail("shutdown_timeout_s", ">= 0")
         if not 0 <= self.metrics_port <= 65535:
@@ -133,6 +165,46 @@ class WorkerConfig:
             )
         if retry.in_place_backoff_s < 0 or retry.retry_backoff_s < 0:
             raise ConfigError("worker retry backoffs must be >= 0")
+
+    def kafka_timeouts(self, *, brokers: int) -> KafkaTimeouts:
+        """The session, heartbeat and transaction timeouts: the configured ones, else the
+        defaults for a cluster of ``brokers`` brokers."""
+        defaults = KafkaTimeouts.for_cluster(brokers)
+        return KafkaTimeouts(
+            session_timeout_ms=self.session_timeout_ms or defaults.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms or defaults.heartbeat_interval_ms,
+            transaction_timeout_ms=self.transaction_timeout_ms or defaults.transaction_timeout_ms,
+        )
+
+
+@dataclass(frozen=True)
+class KafkaTimeouts:
+    """Failure-detection timeouts of one worker.
+
+    A single-node cluster cannot fail over, so its members can detect each other's death fast
+    (6 s session, 10 s transactions: a kill -9 is over in seconds). A real cluster's brokers
+    detect a dead broker after broker.session.timeout.ms (9 s) and then move leadership and
+    group coordinators; a client session shorter than that expired every worker at once when the
+    coordinator's broker died (issue 7: all sessions lost, every open transaction aborted). So
+    clusters get a 20 s session (about twice the broker's detection) and 20 s transactions (a
+    transaction open longer than a broker failover is aborted by the coordinator — work redone,
+    nothing lost — while a dead worker's open transaction delays its partitions' new owner by at
+    most that long).
+    """
+
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    transaction_timeout_ms: int
+
+    @classmethod
+    def for_cluster(cls, brokers: int) -> KafkaTimeouts:
+        if brokers <= 1:
+            return cls(
+                session_timeout_ms=6000, heartbeat_interval_ms=1000, transaction_timeout_ms=10_000
+            )
+        return cls(
+            session_timeout_ms=20_000, heartbeat_interval_ms=3000, transaction_timeout_ms=20_000
+        )
 
 
 _WORKER_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -154,6 +226,10 @@ def _variable(name: str) -> str:
 def _parse(name: str, raw: str, type_: Any) -> Any:
     kind = str(type_)
     try:
+        if len(raw) > 256:
+            raise ValueError("too long")
+        if "None" in kind and raw.strip() == "":
+            return None
         if "bool" in kind:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(raw)
@@ -161,9 +237,12 @@ def _parse(name: str, raw: str, type_: Any) -> Any:
         if "int" in kind:
             return int(raw)
         if "float" in kind:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         if "ImageFormat" in kind:
             return ImageFormat(raw.upper())
     except ValueError:
-        raise ConfigError(f"{name}: cannot parse {raw!r} as {kind}") from None
+        raise ConfigError(f"{name}: cannot parse {raw[:64]!r} as {kind}") from None
     return raw

@@ -72,7 +72,41 @@ class WorkerMetrics:
         self.gpu_utilisation = Gauge(
             "f2p_worker_gpu_utilisation_ratio", "NVML GPU utilisation (0..1)", ["gpu"], registry=r
         )
+        self.held_bytes = Gauge(
+            "f2p_worker_held_bytes", "Bytes held by in-flight work between stages", registry=r
+        )
+        self.redelivered_done = Counter(
+            "f2p_worker_redelivered_done",
+            "Redelivered messages skipped because their outcome was already committed",
+            registry=r,
+        )
+        self.engine_recompiles = Gauge(
+            "f2p_worker_engine_recompiles",
+            "torch.compile graphs built after warm-up (0 when not compiled)",
+            registry=r,
+        )
+        self.producers_created = Counter(
+            "f2p_worker_producers_created",
+            "Transactional producers created (more than one: replaced after a fatal error)",
+            registry=r,
+        )
         self.worker_id = worker_id
+
+    # -- connectors.eos.loop.LoopMetrics -------------------------------------------------------
+
+    def transaction(self, outcome: str) -> None:
+        self.transactions.labels(outcome=outcome).inc()
+
+    def set_assignment(self, assigned: int, paused: int, in_flight: int) -> None:
+        self.assigned_partitions.set(assigned)
+        self.paused_partitions.set(paused)
+        self.in_flight.set(in_flight)
+
+    def set_lag(self, lag: int) -> None:
+        self.consumer_lag.set(lag)
+
+    def redelivered(self, count: int) -> None:
+        self.redelivered_done.inc(count)
 
     def sample_gpu(self) -> None:
         """Read NVML utilisation when available; silently absent on CPU-only machines."""

@@ -1,12 +1,14 @@
 """The worker's pipeline stages, each on its own threads, none touching the Kafka clients.
 
     prefetch pool:  decode Avro → validate → deadline → fetch face from S3 → decode image
+                    (bounded: decode budget in bytes, scaled down to the condition area)
     engine thread:  RequestBatcher → deadline again → engine.generate(batch)
     output pool:    encode (WebP by default) → upload to a deterministic S3 key → OK result
 
-Every stage ends an item either by passing it on or by emitting its ``Outcome`` to the poll
-thread (``emit``). Poison input becomes a FAILED result or a dead letter at once; transient
-failures are retried in place with backoff, then handed to the retry topic.
+Every stage ends an item either by passing it on or by emitting its ``Outcome`` (``emit``
+encodes it and hands it to the loop). Poison input becomes a FAILED result or a dead letter at
+once; transient failures are retried in place with backoff, then handed to the retry topic; an
+unexpected exception anywhere becomes a retry, never a lost message or a dead thread.
 """
 
 from __future__ import annotations
@@ -23,17 +25,18 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from f2p_errors import InvalidInput
+from f2p_errors import F2PError, InvalidInput
 from inference_consumer.batcher import RequestBatcher
 from inference_consumer.config import WorkerConfig
+from inference_consumer.dead_letters import ClaimCheck, build_dead_letter
 from inference_consumer.engines.base import Engine, EngineOutput, EngineRequest, GenerationParams
 from inference_consumer.engines.exceptions import EngineInputError
+from inference_consumer.memory import DecodeBudget, HeldBytes, image_bytes
 from inference_consumer.metrics import WorkerMetrics
 from inference_consumer.work import Outcome, OutcomeKind, WorkItem
 from schemas.codec import AvroCodec, UndecodableMessage
 from schemas.images import decode_face_image
 from schemas.records import (
-    DeadLetter,
     FaceImageRef,
     GenerationRequest,
     GenerationResult,
@@ -45,7 +48,12 @@ from schemas.records import (
     ResultStatus,
     StageTimings,
 )
-from schemas.validation import RequestLimits, check_face_key_in_tenant_prefix, validate_request
+from schemas.validation import (
+    RequestLimits,
+    check_face_key_in_tenant_prefix,
+    validate_identity,
+    validate_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +67,11 @@ _CONTENT_TYPES = {
 }
 
 
-class TransientFailure(Exception):
+class TransientFailure(F2PError):
     """Retrying later may help (S3 or registry unreachable, throttled, 5xx)."""
 
 
-class PermanentFailure(Exception):
+class PermanentFailure(F2PError):
     """This request can never succeed; ``code`` is the machine-readable reason."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -94,7 +102,7 @@ def with_retries(config: WorkerConfig, what: str, call: Callable[[], Any]) -> An
             if attempt == policy.in_place_attempts:
                 raise
             delay = policy.in_place_backoff_s * 2 ** (attempt - 1)
-            log.warning("%s failed (%s); retrying in %.2f s", what, exc, delay)
+            log.warning("%s failed (%s); retrying in %.2f s", what, str(exc)[:300], delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -112,6 +120,16 @@ class StageContext:
     metrics: WorkerMetrics
     emit: Emit
     is_current: Callable[[WorkItem], bool]
+    decode_budget: DecodeBudget
+    held: HeldBytes
+    # Faces are kept at most this many pixels (the engine's condition area): the model never
+    # sees more, and a legal 4096² face would otherwise be held at 64 MiB.
+    face_area: int = 1024 * 1024
+
+    def claim_check(self, key: str, body: bytes) -> str:
+        """Store an oversize dead-lettered original; its URI (for ``build_dead_letter``)."""
+        self.s3.put_object(Bucket=self.results_bucket, Key=key, Body=body)
+        return f"s3://{self.results_bucket}/{key}"
 
 
 # -- outcomes -------------------------------------------------------------------------------------
@@ -145,12 +163,18 @@ def result_outcome(
             encode_ms=int(t.get("encode", 0)),
             upload_ms=int(t.get("upload", 0)),
             total_ms=total_ms,
+            # Per image from the engine; the schema counts this request's images.
+            transformer_evaluations=item.transformer_evaluations * len(images),
+            steps_executed=item.steps_executed,
         ),
         worker_id=ctx.config.worker_id,
-        model=ModelRef(name=info.name, revision=info.revision, lora=info.lora or None),
+        model=ModelRef(
+            name=info.name, revision=info.revision, lora=info.lora or None, preset=item.preset
+        ),
         attempt=item.attempt,
         submitted_at=request.submitted_at,
         completed_at=now,
+        attributes=request.attributes,
     )
     return Outcome(item=item, kind=OutcomeKind.RESULT, result=result)
 
@@ -161,28 +185,18 @@ def failed_outcome(
     """FAILED result when the request is known; a dead letter when it is not even decodable
     (or ``dead_letter``: its identity is invalid, so no result can be keyed by it)."""
     ctx.metrics.errors.labels(reason=code).inc()
-    log.warning("request failed: %s: %s", code, message, extra={**item.where(), "code": code})
-    if dead_letter or item.request is None:
-        return dead_letter_outcome(item, code, message)
+    log.warning("request failed: %s: %s", code, message[:500], extra={**item.where(), "code": code})
+    if dead_letter or item.request_id is None:
+        return dead_letter_outcome(item, code, message, claim_check=ctx.claim_check)
     return result_outcome(
         ctx, item, ResultStatus.FAILED, error=ResultError(code=code, message=message[:1000])
     )
 
 
-def dead_letter_outcome(item: WorkItem, code: str, message: str) -> Outcome:
-    letter = DeadLetter(
-        source_topic=item.topic,
-        source_partition=item.partition,
-        source_offset=item.offset,
-        key=item.key,
-        value=item.value,
-        headers=item.headers,
-        error_code=code,
-        error_message=message[:2000],
-        attempts=item.attempt,
-        failed_at=datetime.now(UTC),
-        request_id=item.request.request_id if item.request else None,
-    )
+def dead_letter_outcome(
+    item: WorkItem, code: str, message: str, *, claim_check: ClaimCheck | None = None
+) -> Outcome:
+    letter = build_dead_letter(item, code, message, claim_check=claim_check)
     return Outcome(item=item, kind=OutcomeKind.DEAD_LETTER, dead_letter=letter, reason=code)
 
 
@@ -191,10 +205,28 @@ def retry_outcome(ctx: StageContext, item: WorkItem, reason: str) -> Outcome:
     ctx.metrics.errors.labels(reason="TRANSIENT").inc()
     if item.attempt >= ctx.config.retry.max_attempts:
         message = f"gave up after {item.attempt} attempts; last error: {reason}"
-        return dead_letter_outcome(item, "RETRIES_EXHAUSTED", message)
-    log.warning("transient failure, handing to retry topic: %s", reason, extra=item.where())
+        return dead_letter_outcome(item, "RETRIES_EXHAUSTED", message, claim_check=ctx.claim_check)
+    log.warning("transient failure, handing to retry topic: %s", reason[:300], extra=item.where())
     delay = ctx.config.retry.retry_delay_s(item.attempt)
-    return Outcome(item=item, kind=OutcomeKind.RETRY, retry_delay_s=delay, reason=reason)
+    return Outcome(
+        item=item,
+        kind=OutcomeKind.RETRY,
+        retry_delay_s=delay,
+        next_attempt=item.attempt + 1,
+        reason=reason,
+    )
+
+
+def emit_safely(ctx: StageContext, item: WorkItem, make: Callable[[], Outcome]) -> None:
+    """Emit ``make()`` on an error path, where a second failure must not kill the thread.
+
+    If even that fails (a bug), the message stays in flight: the worker's health check then
+    reports no progress and its replacement redoes the message — never a silent loss.
+    """
+    try:
+        ctx.emit(make())
+    except Exception:
+        log.exception("cannot end the message; it stays in flight", extra=item.where())
 
 
 # -- stage 1: prefetch ----------------------------------------------------------------------------
@@ -207,19 +239,16 @@ def prefetch(ctx: StageContext, item: WorkItem) -> WorkItem | None:
     except UndecodableMessage as exc:
         ctx.emit(failed_outcome(ctx, item, exc.code, str(exc)))
     except InvalidInput as exc:
-        # A request whose identity is invalid cannot get a result keyed by it: dead letter
-        # (which still names the request_id when that is valid).
-        if exc.field == "request_id":
-            item.request = None
-        identity = exc.field in ("request_id", "tenant_id")
-        ctx.emit(failed_outcome(ctx, item, exc.code, str(exc), dead_letter=identity))
+        # A request whose identity is invalid cannot get a result keyed by it: dead letter.
+        ctx.emit(failed_outcome(ctx, item, exc.code, str(exc)))
     except PermanentFailure as exc:
         ctx.emit(failed_outcome(ctx, item, exc.code, str(exc)))
     except TransientFailure as exc:
         ctx.emit(retry_outcome(ctx, item, str(exc)))
     except Exception as exc:  # a bug or an unknown failure: retry, never kill the worker
         log.exception("unexpected prefetch failure", extra=item.where())
-        ctx.emit(retry_outcome(ctx, item, f"{type(exc).__name__}: {exc}"))
+        why = f"{type(exc).__name__}: {exc}"
+        emit_safely(ctx, item, lambda: retry_outcome(ctx, item, why))
     return None
 
 
@@ -239,14 +268,33 @@ def _prefetch(ctx: StageContext, item: WorkItem) -> WorkItem | None:
         raise TransientFailure(f"decoding failed: {exc}") from exc
     assert isinstance(record, GenerationRequest)
     item.request = record
+    validate_identity(record, ctx.limits)
+    item.request_id = record.request_id  # from here on the request can be answered by id
     validate_request(record, ctx.limits)
     if _expired(record):
         ctx.emit(expired_outcome(ctx, item))
         return None
     face_bytes = _face_bytes(ctx, record)
-    item.face = decode_face_image(face_bytes, max_bytes=ctx.limits.max_face_image_bytes)
+    face = decode_face_image(
+        face_bytes,
+        max_bytes=ctx.limits.max_face_image_bytes,
+        min_side=ctx.limits.min_face_side,
+        max_area=ctx.face_area,
+        reserve=ctx.decode_budget.reserve,
+    )
+    item.face = face
+    item.reserved_bytes = image_bytes(face)
+    ctx.held.add(item.reserved_bytes)
     item.timings["fetch"] = (time.perf_counter() - started) * 1000
     return item
+
+
+def release_face(ctx: StageContext, item: WorkItem) -> None:
+    """Drop the decoded face and give its bytes back to the held budget."""
+    item.face = None
+    if item.reserved_bytes:
+        ctx.held.release(item.reserved_bytes)
+        item.reserved_bytes = 0
 
 
 def _face_bytes(ctx: StageContext, request: GenerationRequest) -> bytes:
@@ -301,6 +349,7 @@ def engine_params(request: GenerationRequest) -> GenerationParams:
         height=p.height,
         num_images=p.num_images,
         lora_scale=p.lora_scale,
+        preset=p.preset,
     )
 
 
@@ -309,6 +358,7 @@ def run_engine_batch(ctx: StageContext, batch: list[WorkItem], outputs: ThreadPo
     live = []
     for item in batch:
         if not ctx.is_current(item):
+            release_face(ctx, item)
             continue  # its partition was revoked or the transaction aborted meanwhile
         assert item.request is not None
         if _expired(item.request):
@@ -348,7 +398,9 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
         if len(items) > 1:
             # One request may have broken the batch (or made it too big for the device): each
             # gets its own call, so the others are not retried, or dead-lettered, with it.
-            log.warning("engine failed on a batch of %d (%s); one by one", len(items), exc)
+            log.warning(
+                "engine failed on a batch of %d (%s); one by one", len(items), str(exc)[:300]
+            )
             return [pair for item in items for pair in _generate(ctx, [item])]
         log.exception("engine failed", extra=items[0].where())
         ctx.emit(retry_outcome(ctx, items[0], f"engine: {type(exc).__name__}: {exc}"))
@@ -356,10 +408,13 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
     elapsed = time.perf_counter() - started
     ctx.metrics.engine_seconds.observe(elapsed)
     ctx.metrics.batch_size.observe(len(items))
-    for item in items:
+    for item, output in zip(items, results, strict=True):
         item.timings["engine"] = elapsed * 1000
         item.batch_size = len(items)
-        item.face = None  # release the decoded face early
+        item.transformer_evaluations = output.transformer_evaluations
+        item.steps_executed = output.steps_executed
+        item.preset = output.preset
+        release_face(ctx, item)  # the images are made: the face is not needed any more
     return list(zip(items, results, strict=True))
 
 
@@ -374,11 +429,11 @@ def result_key(request: GenerationRequest, index: int, fmt: ImageFormat) -> str:
 def _finish(ctx: StageContext, item: WorkItem, output: EngineOutput) -> None:
     try:
         ctx.emit(encode_and_upload(ctx, item, output))
-    except TransientFailure as exc:
-        ctx.emit(retry_outcome(ctx, item, str(exc)))
     except Exception as exc:
-        log.exception("unexpected output failure", extra=item.where())
-        ctx.emit(retry_outcome(ctx, item, f"{type(exc).__name__}: {exc}"))
+        if not isinstance(exc, TransientFailure):
+            log.exception("unexpected output failure", extra=item.where())
+        why = str(exc) if isinstance(exc, TransientFailure) else f"{type(exc).__name__}: {exc}"
+        emit_safely(ctx, item, lambda: retry_outcome(ctx, item, why))
 
 
 def encode_and_upload(ctx: StageContext, item: WorkItem, output: EngineOutput) -> Outcome:
@@ -430,11 +485,14 @@ class EngineLoop:
         self.batcher = batcher
         self.outputs = ThreadPoolExecutor(ctx.config.upload_threads, thread_name_prefix="output")
         self._stopping = False
+        # Monotonic time a batch last started or ended: the worker's health looks at it.
+        self.last_progress = time.monotonic()
 
     def run(self) -> None:
         while not self._stopping:
             batch = self.batcher.next_batch(timeout_s=0.2)
             if batch:
+                self.last_progress = time.monotonic()
                 try:
                     run_engine_batch(self.ctx, batch, self.outputs)
                 except Exception:  # never let the engine thread die
@@ -445,7 +503,12 @@ class EngineLoop:
                         return
                     log.exception("engine loop error")
                     for item in batch:
-                        self.ctx.emit(retry_outcome(self.ctx, item, "engine loop error"))
+                        emit_safely(
+                            self.ctx,
+                            item,
+                            lambda item=item: retry_outcome(self.ctx, item, "engine loop error"),
+                        )
+                self.last_progress = time.monotonic()
 
     def stop(self) -> None:
         self._stopping = True

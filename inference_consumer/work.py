@@ -1,12 +1,16 @@
 """What flows between the worker's stages: a WorkItem in, an Outcome out.
 
 A WorkItem is one polled message on its way through prefetch → batch → engine → output. Its
-``generation`` ties it to one assignment of its partition: when the partition is revoked or the
-transaction aborted, the generation moves on and late stage results of older items are dropped.
+``ref`` carries the partition's assignment generation: when the partition is revoked or rewound
+the generation moves on and late stage results of older items are dropped by the loop.
+
+Identity comes from the decoded, validated record only (``request_id`` is None until then): the
+Kafka key is whatever the producer chose and is never trusted, logged or reused as an id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,71 +18,68 @@ from enum import StrEnum
 
 from PIL import Image
 
+from connectors.eos.records import MessageRef
 from schemas.records import DeadLetter, GenerationRequest, GenerationResult
-
-ATTEMPT_HEADER = "f2p-attempt"
-NOT_BEFORE_HEADER = "f2p-not-before-ms"
-ORIGIN_HEADER = "f2p-origin"
 
 
 @dataclass
 class WorkItem:
     """One polled request message and what the stages learned about it so far."""
 
-    generation: int
-    topic: str
-    partition: int
-    offset: int
+    ref: MessageRef
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
+    # The lane the work is served in (from the topic it came from, or a retry's origin lane).
+    lane: str = "batch"
+    attempt: int = 1
+    not_before_ms: int = 0
     received_mono: float = field(default_factory=time.monotonic)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     request: GenerationRequest | None = None
+    # Set once the request's identity (request_id, tenant_id) passed validation.
+    request_id: str | None = None
     face: Image.Image | None = None
+    # Bytes of memory budget this item holds (its decoded face); released when it is done.
+    reserved_bytes: int = 0
     # Stage durations in milliseconds: fetch, engine, encode, upload; batch wait in queued.
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0
+    # What the engine reports for the request: per-image transformer passes, steps, preset.
+    transformer_evaluations: int = 0
+    steps_executed: int = 0
+    preset: str | None = None
 
     @property
-    def attempt(self) -> int:
-        """1 for a first delivery; n for the n-th attempt coming from the retry topic."""
-        raw = header(self.headers, ATTEMPT_HEADER)
-        return int(raw) if raw and raw.isdigit() else 1
+    def topic(self) -> str:
+        return self.ref.topic
 
     @property
-    def not_before_ms(self) -> int:
-        raw = header(self.headers, NOT_BEFORE_HEADER)
-        return int(raw) if raw and raw.isdigit() else 0
+    def partition(self) -> int:
+        return self.ref.partition
 
     @property
-    def request_id(self) -> str | None:
-        if self.request is not None:
-            return self.request.request_id
-        return self.key.decode(errors="replace") if self.key else None
+    def offset(self) -> int:
+        return self.ref.offset
 
     def where(self) -> dict[str, object]:
-        """Log context locating the message."""
-        return {
-            "request_id": self.request_id,
+        """Bounded log context locating the message (never the raw key or value)."""
+        context: dict[str, object] = {
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
         }
-
-
-def header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
-    for key, value in headers or []:
-        if key == name and value is not None:
-            return value.decode(errors="replace")
-    return None
+        if self.request_id is not None:
+            context["request_id"] = self.request_id
+        elif self.key:
+            context["key_sha256"] = hashlib.sha256(self.key).hexdigest()[:16]
+        return context
 
 
 class OutcomeKind(StrEnum):
-    RESULT = "result"  # a GenerationResult (OK, FAILED, EXPIRED, REJECTED) to write
+    RESULT = "result"  # a GenerationResult (OK, FAILED, EXPIRED, CANCELLED) to write
     RETRY = "retry"  # hand the request to the retry topic with attempt + 1
     DEAD_LETTER = "dead_letter"  # a DeadLetter record to write
-    DUPLICATE = "duplicate"  # the request_id already has its outcome: write nothing
 
 
 @dataclass
@@ -90,26 +91,13 @@ class Outcome:
     result: GenerationResult | None = None
     dead_letter: DeadLetter | None = None
     retry_delay_s: float = 0.0
+    # The attempt number the retry record carries (normally item.attempt + 1).
+    next_attempt: int = 0
     reason: str = ""
 
     @property
-    def request_id(self) -> str | None:
-        return self.result.request_id if self.result is not None else self.item.request_id
-
-    def settles(self, retry_topic: str) -> bool:
-        """Whether this outcome is recorded in the dedupe state (and its changelog).
-
-        Not a duplicate (nothing new), and not a retry handed on from the retry topic itself:
-        the next attempt arrives on the same retry partition and must not look like a duplicate
-        of itself. A retry from a lane is recorded: later copies on the lane are duplicates.
-        """
-        if self.kind is OutcomeKind.DUPLICATE:
-            return False
-        return not (self.kind is OutcomeKind.RETRY and self.item.topic == retry_topic)
-
-    @property
     def status(self) -> str:
-        """The status recorded in the dedupe changelog."""
+        """RESULT status, or the kind in capitals (RETRY, DEAD_LETTER)."""
         if self.kind is OutcomeKind.RESULT and self.result is not None:
             return str(self.result.status)
         return self.kind.value.upper()

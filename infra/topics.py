@@ -7,10 +7,12 @@ changes nothing the second time.
 
 from __future__ import annotations
 
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
@@ -24,19 +26,23 @@ from confluent_kafka.admin import (
 )
 
 from f2p_errors import ConfigError, F2PError
+from schemas.catalog import RECORD_NAMES
 
 TOPICS_FILE = Path(__file__).with_name("topics.toml")
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """One topic as declared: name, partitions, replication and topic-level configs."""
+    """One topic as declared: name, partitions, replication, topic-level configs, and the Avro
+    record its values carry (``value_schema``, None for a topic without registry-framed Avro)."""
 
     name: str
     partitions: int
     replication_factor: int
     config: dict[str, str]
     doc: str = ""
+    value_schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class ApplyReport:
     configs_altered: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     drift: list[Drift] = field(default_factory=list)
+    # Things an operator must read even though nothing failed (low replication on a cluster).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -90,6 +98,17 @@ def load_topic_specs(
         if not isinstance(partitions, int) or partitions < 1:
             raise ConfigError(f"{path}: topics.{name}.partitions must be a positive integer")
         config = {**base_config, **{k: str(v) for k, v in body.get("config", {}).items()}}
+        value_schema = body.get("value_schema")
+        if value_schema is not None and value_schema not in RECORD_NAMES:
+            raise ConfigError(
+                f"{path}: topics.{name}.value_schema {value_schema!r} is not a record in "
+                f"schemas/avro (known: {', '.join(RECORD_NAMES)})"
+            )
+        if not _TOPIC_NAME.fullmatch(name + suffix):
+            raise ConfigError(
+                f"topic name {(name + suffix)[:300]!r} is not a legal Kafka topic name (letters, "
+                f"digits, '.', '_', '-'; at most 249 characters): check --suffix"
+            )
         specs.append(
             TopicSpec(
                 name=name + suffix,
@@ -97,6 +116,7 @@ def load_topic_specs(
                 replication_factor=body.get("replication_factor", replication),
                 config=config,
                 doc=body.get("doc", ""),
+                value_schema=value_schema,
             )
         )
     return specs
@@ -116,6 +136,7 @@ def apply_topics(
     metadata = admin.list_topics(timeout=timeout_s)
     missing = [s for s in specs if s.name not in metadata.topics]
     existing = [s for s in specs if s.name in metadata.topics]
+    report.warnings += _check_replication(specs, missing, len(metadata.brokers))
 
     if missing and not dry_run:
         new_topics = [
@@ -133,8 +154,11 @@ def apply_topics(
         report.created = [s.name for s in missing]
 
     actual_configs = describe_configs(admin, [s.name for s in existing], timeout_s)
+    if alter_configs:
+        _refuse_min_insync_above_replication(existing, metadata.topics, actual_configs)
     for spec in existing:
         changed = False
+        report.drift += _replication_drift(spec, metadata.topics[spec.name])
         partitions = len(metadata.topics[spec.name].partitions)
         if partitions < spec.partitions and raise_partitions:
             if not dry_run:
@@ -160,6 +184,95 @@ def apply_topics(
         if not changed:
             report.unchanged.append(spec.name)
     return report
+
+
+# -- replication (issue 7 item 12) ----------------------------------------------------------------
+
+
+def replication_range(topic_metadata: Any) -> tuple[int, int]:
+    """(fewest, most) replicas over the partitions of a topic in ``list_topics`` metadata."""
+    counts = [len(p.replicas) for p in topic_metadata.partitions.values()] or [0]
+    return min(counts), max(counts)
+
+
+def format_replication(topic_metadata: Any) -> str:
+    """``3``, or ``1-3`` when partitions differ."""
+    low, high = replication_range(topic_metadata)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _check_replication(specs: list[TopicSpec], missing: list[TopicSpec], brokers: int) -> list[str]:
+    """Refuse topics the cluster cannot host; warn about ones it hosts unsafely.
+
+    More replicas than brokers, or min.insync.replicas above the replication factor, can never
+    accept an acks=all write: TopicApplyError before anything is created. Fewer replicas than
+    the cluster could give (an apply without ``--profile production`` on 3 brokers) is legal
+    and may be intended, but cannot be fixed later by ``apply`` (replication changes need a
+    reassignment): a warning, so the operator sees it before relying on those topics.
+    """
+    for spec in missing:
+        if spec.replication_factor > brokers:
+            raise TopicApplyError(
+                f"topic {spec.name}: replication factor {spec.replication_factor} needs "
+                f"{spec.replication_factor} brokers, the cluster has {brokers}; use a profile "
+                f"that fits (no --profile on the 1-broker embedded stack)"
+            )
+        min_insync = _min_insync(spec)
+        if min_insync is not None and min_insync > spec.replication_factor:
+            raise TopicApplyError(
+                f"topic {spec.name}: min.insync.replicas {min_insync} is above its replication "
+                f"factor {spec.replication_factor}: no acks=all write could ever succeed"
+            )
+    safe = min(3, brokers)
+    low = sorted(s.name for s in specs if s.replication_factor < safe)
+    if not low:
+        return []
+    factors = sorted({s.replication_factor for s in specs if s.replication_factor < safe})
+    return [
+        f"the cluster has {brokers} brokers but {len(low)} topic(s) have replication factor "
+        f"{'/'.join(map(str, factors))} in this profile (e.g. {low[0]}): losing one broker "
+        f"makes their partitions unavailable, and apply cannot raise replication later; "
+        f"use --profile production (replication 3, min.insync.replicas 2)"
+    ]
+
+
+def _replication_drift(spec: TopicSpec, topic_metadata: Any) -> list[Drift]:
+    low, high = replication_range(topic_metadata)
+    if low == high == spec.replication_factor:
+        return []
+    actual = format_replication(topic_metadata)
+    return [Drift(spec.name, "replication_factor", str(spec.replication_factor), actual)]
+
+
+def _refuse_min_insync_above_replication(
+    existing: list[TopicSpec], topics: dict, actual_configs: dict[str, dict[str, str]]
+) -> None:
+    """``--alter-configs`` never sets min.insync.replicas above a topic's actual replication:
+    the topic would refuse every acks=all write. Checked for all topics before altering any."""
+    for spec in existing:
+        min_insync = _min_insync(spec)
+        if min_insync is None or actual_configs[spec.name].get("min.insync.replicas") == str(
+            min_insync
+        ):
+            continue  # not going to be altered
+        low, _ = replication_range(topics[spec.name])
+        if min_insync > low:
+            raise TopicApplyError(
+                f"topic {spec.name}: refusing to set min.insync.replicas={min_insync} on a topic "
+                f"with replication factor {format_replication(topics[spec.name])} (every acks=all "
+                f"write would fail); raise its replication first (f2p kafka reassign-partitions) "
+                f"or apply a profile that matches it; nothing was altered"
+            )
+
+
+def _min_insync(spec: TopicSpec) -> int | None:
+    raw = spec.config.get("min.insync.replicas")
+    try:
+        return None if raw is None else int(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"topic {spec.name}: min.insync.replicas {raw!r} is not an integer"
+        ) from exc
 
 
 def wait_for_topics(
@@ -230,8 +343,10 @@ def _alter_configs(admin: AdminClient, spec: TopicSpec, drift: list[Drift], time
 def create_topic(
     admin: AdminClient, name: str, partitions: int = 1, config: dict[str, str] | None = None
 ) -> str:
-    """Create one topic (replication 1) and wait until it exists; for tests and tools."""
-    future = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name]
+    """Create one topic and wait until it exists; for tests and tools. Its replication factor
+    is the broker's default (1 on the embedded stack, 3 on a 3-broker cluster, where an
+    unreplicated topic would refuse acks=all writes under min.insync.replicas=2)."""
+    future = admin.create_topics([NewTopic(name, partitions, -1, config=config or {})])[name]
     future.result()
     wait_for_topics(admin, [name])
     return name

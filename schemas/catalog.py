@@ -17,7 +17,14 @@ from typing import Any
 import fastavro
 
 NAMESPACE = "io.f2pstream.v1"
-RECORD_NAMES: tuple[str, ...] = ("GenerationRequest", "GenerationResult", "DeadLetter")
+RECORD_NAMES: tuple[str, ...] = (
+    "GenerationRequest",
+    "GenerationResult",
+    "DeadLetter",
+    "RequestStatus",
+    "ControlCommand",
+    "AnalyticsWindow",
+)
 AVRO_DIR = Path(__file__).resolve().parent / "avro"
 HISTORY_DIR = AVRO_DIR / "history"
 

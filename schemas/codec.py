@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import struct
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,10 +73,12 @@ class AvroCodec:
     """Encode records to and decode them from Confluent-framed Avro.
 
     ``auto_register=True`` registers the current schema on first use of a subject (the embedded
-    stack only); otherwise the schema must already be registered (``f2p schemas register``).
+    stack only), with the subject's compatibility set to ``FULL_TRANSITIVE`` first, so that an
+    auto-registered subject is protected like a registered one; otherwise the schema must
+    already be registered (``f2p stack up``, ``f2p topics apply`` or ``f2p schemas register``).
     Schema ids are cached per (subject, record) and parsed writer schemas per id, so after the
-    first message of each kind no registry call is made. Safe to share between threads: cache
-    fills are idempotent.
+    first message of each kind no registry call is made. Safe to share between threads: id
+    misses are serialised, writer-schema fills are idempotent.
     """
 
     def __init__(self, registry: SchemaRegistryClient, *, auto_register: bool) -> None:
@@ -83,6 +86,9 @@ class AvroCodec:
         self._auto_register = auto_register
         self._ids: dict[tuple[str, str], int] = {}
         self._readers: dict[int, _ReaderEntry] = {}
+        # Serialises cache misses of schema ids: one registry round trip per subject, not one
+        # per thread that encodes its first message.
+        self._miss_lock = threading.Lock()
 
     # -- encode ----------------------------------------------------------------------------------
 
@@ -101,10 +107,15 @@ class AvroCodec:
         cached = self._ids.get((subject, name))
         if cached is not None:
             return cached
+        with self._miss_lock:
+            cached = self._ids.get((subject, name))
+            return cached if cached is not None else self._fetch_schema_id(subject, name)
+
+    def _fetch_schema_id(self, subject: str, name: str) -> int:
         schema = Schema(catalog.schema_str(name), "AVRO")
         try:
             if self._auto_register:
-                schema_id = self._registry.register_schema(subject, schema)
+                schema_id = self._auto_registered_id(subject, schema)
             else:
                 schema_id = self._registry.lookup_schema(subject, schema).schema_id
         except SchemaRegistryError as exc:
@@ -129,6 +140,22 @@ class AvroCodec:
         self._readers.setdefault(schema_id, (RECORD_TYPES[catalog.full_name(name)], current, None))
         logger.debug("schema id %d for subject %s (%s)", schema_id, subject, name)
         return schema_id
+
+    def _auto_registered_id(self, subject: str, schema: Schema) -> int | None:
+        """The id of ``schema`` under ``subject``, registering it when missing.
+
+        A lookup first: a subject that already holds the schema is left untouched (its level
+        is the operator's). Otherwise the level is set before registering: Apicurio's global
+        default is NONE, and a subject registered without its own level accepts anything
+        (issue 12).
+        """
+        try:
+            return self._registry.lookup_schema(subject, schema).schema_id
+        except SchemaRegistryError as exc:
+            if not _not_found(exc):
+                raise
+        set_level(self._registry, subject, DEFAULT_COMPATIBILITY)
+        return self._registry.register_schema(subject, schema)
 
     # -- decode ----------------------------------------------------------------------------------
 
@@ -223,6 +250,21 @@ class AvroCodec:
         return entry
 
 
+def set_level(registry: SchemaRegistryClient, subject: str, level: str) -> None:
+    """Set ``subject``'s compatibility level, racing other writers safely.
+
+    Apicurio stores the level as a rule that the first PUT creates: when two clients set it at
+    the same moment, the loser gets 409 "A rule named 'COMPATIBILITY' already exists". The rule
+    exists then, and a second PUT updates it.
+    """
+    try:
+        registry.set_compatibility(subject, level)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code != 409:
+            raise
+        registry.set_compatibility(subject, level)
+
+
 def register_all(
     registry: SchemaRegistryClient,
     topics_by_record: Mapping[str, list[str]],
@@ -241,7 +283,7 @@ def register_all(
         schema = Schema(catalog.schema_str(name), "AVRO")
         for topic in topics:
             subject = subject_for(topic)
-            registry.set_compatibility(subject, compatibility)
+            set_level(registry, subject, compatibility)
             try:
                 ids[subject] = registry.register_schema(subject, schema)
             except SchemaRegistryError as exc:
@@ -251,5 +293,5 @@ def register_all(
                         f"under {compatibility}: {exc.error_message}"
                     ) from exc
                 raise
-            logger.info("registered %s under %s as id %d", name, subject, ids[subject])
+            logger.debug("registered %s under %s as id %d", name, subject, ids[subject])
     return ids

@@ -16,6 +16,13 @@ Error codes (``InvalidInput.code``, always with ``field="face"``):
 ``IMAGE_TOO_LARGE``            more bytes than ``max_bytes`` or a side longer than ``max_side``
 ``DECOMPRESSION_BOMB``         more pixels than ``max_pixels``, or an oversized compressed chunk
 ``TRUNCATED_IMAGE``            the header is fine but the pixel data is cut short or corrupt
+``FACE_TOO_SMALL``             a side shorter than ``min_side`` (too little of a face to keep)
+
+Memory: ``max_area`` scales the decoded image down (aspect kept) to at most that many pixels —
+the worker passes the engine's condition area, so a legal 4096² face is held at the size the model
+uses, not at 64 MiB — and JPEGs are decoded at a reduced DCT scale when that suffices. ``reserve``
+(a context manager factory taking the byte count) is held around the full-size decode, so that a
+caller can bound how many large decodes run at once.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from PIL import (
     Image,
@@ -182,12 +191,16 @@ def decode_face_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int = DEFAULT_MAX_SIDE,
+    min_side: int = 1,
+    max_area: int | None = None,
+    reserve: Callable[[int], AbstractContextManager[object]] | None = None,
 ) -> Image.Image:
     """Decode untrusted bytes into a fully loaded RGB image, or raise ``InvalidInput``.
 
     Steps: size and format by magic bytes; dimensions from the raw header; open with the one
-    matching Pillow plugin; dimensions again from Pillow; decode; apply the EXIF orientation;
-    convert to RGB. Only the first frame of an animated PNG/WebP is used.
+    matching Pillow plugin; dimensions again from Pillow; decode (reduced for JPEG when
+    ``max_area`` allows, under ``reserve``); apply the EXIF orientation; convert to RGB; scale
+    down to ``max_area``. Only the first frame of an animated PNG/WebP is used.
     """
     # Step 1. Bytes and format, without any decoder.
     if not data:
@@ -219,21 +232,51 @@ def decode_face_image(
             code = "TRUNCATED_IMAGE"
         raise _classify(exc, code, f"cannot parse the {content_type} header") from exc
     _check_size(image.size, max_pixels=max_pixels, max_side=max_side)
+    if min(image.size) < min_side:
+        width, height = image.size
+        raise _reject(
+            "FACE_TOO_SMALL", f"image is {width}x{height}, sides must be at least {min_side} pixels"
+        )
+    target = _fit(image.size, max_area)
+    if target != image.size and content_type == "image/jpeg":
+        image.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale: far less memory
 
-    # Step 4. Decode the pixels.
-    try:
-        image.load()
-    except _DECODE_ERRORS as exc:
-        raise _classify(exc, "TRUNCATED_IMAGE", f"truncated or corrupt {content_type}") from exc
+    # Step 4. Decode the pixels; the reservation covers the decode and the copies of step 5.
+    with reserve(3 * pixel_bytes(image.size, image.mode)) if reserve is not None else nullcontext():
+        try:
+            image.load()
+        except _DECODE_ERRORS as exc:
+            raise _classify(exc, "TRUNCATED_IMAGE", f"truncated or corrupt {content_type}") from exc
 
-    # Step 5. Orientation and colour.
-    try:
-        oriented = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block must not fail an otherwise fine image
-        oriented = image
-    result = _to_rgb(oriented or image)
-    result.load()
+        # Step 5. Orientation, colour and size.
+        try:
+            oriented = ImageOps.exif_transpose(image)
+        except Exception:  # a broken EXIF block must not fail an otherwise fine image
+            oriented = image
+        result = _to_rgb(oriented or image)
+        target = _fit(result.size, max_area)
+        if target != result.size:
+            result = result.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+        result.load()
+        image.close()
     return result
+
+
+def _fit(size: tuple[int, int], max_area: int | None) -> tuple[int, int]:
+    """``size`` scaled down (aspect kept, at least 1x1) to at most ``max_area`` pixels."""
+    width, height = size
+    if max_area is None or width * height <= max_area:
+        return size
+    scale = (max_area / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def pixel_bytes(size: tuple[int, int], mode: str) -> int:
+    """Bytes Pillow allocates for an image of ``size`` and ``mode`` (RGB is stored as 4)."""
+    return size[0] * size[1] * _BYTES_PER_PIXEL.get(mode, 4)
 
 
 # -- the bundled sample face ---------------------------------------------------------------------

@@ -24,20 +24,21 @@ from enum import StrEnum
 from typing import Any, Self
 
 from f2p_errors import InvalidInput
+from schemas.analytics_records import AnalyticsWindow
 from schemas.catalog import full_name
 from schemas.coerce import (
-    Headers,
     float32,
     new_request_id,
     set_frozen,
     to_enum,
-    to_headers,
     to_opt_utc,
     to_utc,
     union_branch,
     utc_now,
     uuid_str,
 )
+from schemas.control_records import ControlCommand, RequestStatus
+from schemas.dead_letter_record import DeadLetter
 
 
 class Lane(StrEnum):
@@ -54,6 +55,16 @@ class ResultStatus(StrEnum):
     FAILED = "FAILED"
     EXPIRED = "EXPIRED"
     REJECTED = "REJECTED"
+    # Since GenerationResult v3: a reader on v1/v2 reads it as FAILED (the enum default).
+    CANCELLED = "CANCELLED"
+
+
+class Preset(StrEnum):
+    """Speed/quality trade-off of the engine (``params.preset``; None: the worker's default)."""
+
+    QUALITY = "QUALITY"
+    FAST = "FAST"
+    FASTEST = "FASTEST"
 
 
 class ImageFormat(StrEnum):
@@ -116,14 +127,18 @@ class RequestParams:
     lora_scale: float = 1.0
     output_format: ImageFormat = ImageFormat.WEBP
     output_quality: int = 90
+    preset: Preset | None = None
 
     def __post_init__(self) -> None:
         output_format = to_enum(ImageFormat, self.output_format, "params.output_format")
         set_frozen(self, "output_format", output_format)
+        if self.preset is not None:
+            set_frozen(self, "preset", to_enum(Preset, self.preset, "params.preset"))
 
     def to_avro(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["output_format"] = self.output_format.value
+        d["preset"] = None if self.preset is None else self.preset.value
         return d
 
     @classmethod
@@ -290,6 +305,9 @@ class StageTimings:
     encode_ms: int = 0
     upload_ms: int = 0
     total_ms: int = 0
+    # Transformer forward passes for this request's images (a true-CFG step counts 2).
+    transformer_evaluations: int = 0
+    steps_executed: int = 0
 
     def to_avro(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -301,18 +319,25 @@ class StageTimings:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelRef:
-    """The model behind a result: engine/model name, weights revision, LoRA (None if none)."""
+    """The model behind a result: engine/model name, weights revision, LoRA and speed preset.
+
+    ``lora`` is None when no LoRA was loaded (never a placeholder string), ``preset`` None when
+    the engine has no presets.
+    """
 
     name: str
     revision: str
     lora: str | None = None
+    preset: str | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return {"name": self.name, "revision": self.revision, "lora": self.lora}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> Self:
-        return cls(name=d["name"], revision=d["revision"], lora=d.get("lora"))
+        return cls(
+            name=d["name"], revision=d["revision"], lora=d.get("lora"), preset=d.get("preset")
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -330,9 +355,12 @@ class GenerationResult:
     error: ResultError | None = None
     timings: StageTimings = dataclasses.field(default_factory=StageTimings)
     attempt: int = 1
+    # The request's attributes, carried through unchanged.
+    attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         set_frozen(self, "status", to_enum(ResultStatus, self.status, "status"))
+        set_frozen(self, "attributes", dict(self.attributes))
         set_frozen(self, "images", tuple(self.images))
         set_frozen(self, "submitted_at", to_utc(self.submitted_at, "submitted_at"))
         set_frozen(self, "completed_at", to_utc(self.completed_at, "completed_at"))
@@ -350,6 +378,7 @@ class GenerationResult:
             "attempt": self.attempt,
             "submitted_at": self.submitted_at,
             "completed_at": self.completed_at,
+            "attributes": dict(self.attributes),
         }
 
     @classmethod
@@ -367,72 +396,28 @@ class GenerationResult:
             attempt=d.get("attempt", 1),
             submitted_at=d["submitted_at"],
             completed_at=d["completed_at"],
+            attributes=d.get("attributes") or {},
         )
 
 
-# -- DeadLetter ----------------------------------------------------------------------------------
+Record = (
+    GenerationRequest
+    | GenerationResult
+    | DeadLetter
+    | RequestStatus
+    | ControlCommand
+    | AnalyticsWindow
+)
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DeadLetter:
-    """A message that could not be processed (``io.f2pstream.v1.DeadLetter``).
-
-    ``headers`` keeps Kafka's list-of-pairs shape (order and duplicates preserved), so
-    ``message.headers()`` can be passed in directly.
-    """
-
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    error_code: str
-    error_message: str
-    failed_at: datetime
-    key: bytes | None = None
-    value: bytes | None = None
-    headers: Headers = ()
-    attempts: int = 1
-    request_id: str | None = None
-
-    def __post_init__(self) -> None:
-        set_frozen(self, "headers", to_headers(self.headers))
-        set_frozen(self, "failed_at", to_utc(self.failed_at, "failed_at"))
-
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "source_topic": self.source_topic,
-            "source_partition": self.source_partition,
-            "source_offset": self.source_offset,
-            "key": self.key,
-            "value": self.value,
-            "headers": [{"key": k, "value": v} for k, v in self.headers],
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "attempts": self.attempts,
-            "failed_at": self.failed_at,
-            "request_id": self.request_id,
-        }
-
-    @classmethod
-    def from_avro(cls, d: Mapping[str, Any]) -> Self:
-        return cls(
-            source_topic=d["source_topic"],
-            source_partition=d["source_partition"],
-            source_offset=d["source_offset"],
-            key=d.get("key"),
-            value=d.get("value"),
-            headers=tuple((h["key"], h.get("value")) for h in d.get("headers") or ()),
-            error_code=d["error_code"],
-            error_message=d["error_message"],
-            attempts=d.get("attempts", 1),
-            failed_at=d["failed_at"],
-            request_id=d.get("request_id"),
-        )
-
-
-Record = GenerationRequest | GenerationResult | DeadLetter
-
-RECORD_TYPES: dict[str, type[GenerationRequest] | type[GenerationResult] | type[DeadLetter]] = {
-    full_name("GenerationRequest"): GenerationRequest,
-    full_name("GenerationResult"): GenerationResult,
-    full_name("DeadLetter"): DeadLetter,
+#: Full record name → dataclass, for every record in ``schemas.catalog.RECORD_NAMES``.
+RECORD_TYPES: dict[str, type[Record]] = {
+    full_name(cls.__name__): cls
+    for cls in (
+        GenerationRequest,
+        GenerationResult,
+        DeadLetter,
+        RequestStatus,
+        ControlCommand,
+        AnalyticsWindow,
+    )
 }

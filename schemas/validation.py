@@ -12,10 +12,12 @@ Error codes (``InvalidInput.code``):
 ``INVALID_TENANT``             tenant_id does not match ``RequestLimits.tenant_pattern``
 ``INVALID_TIMESTAMP``          submitted_at / deadline is not a timezone-aware datetime
 ``INVALID_DEADLINE``           deadline is not after submitted_at
-``INVALID_CHOICE``             lane / params.output_format is not one of the enum's symbols
+``INVALID_CHOICE``             lane / params.output_format / params.preset is not one of the
+                               enum's symbols (preset may also be null)
 ``EMPTY_PROMPT``               prompt is empty or only whitespace
 ``PROMPT_TOO_LONG``            prompt / negative_prompt is longer than the limit
-``INVALID_TEXT``               prompt / negative_prompt contains NUL or other control characters
+``INVALID_TEXT``               prompt / negative_prompt contains NUL or other control characters,
+                               or any text field (attributes too) cannot be encoded as UTF-8
 ``PARAM_OUT_OF_RANGE``         a generation parameter is outside its bounds (or not finite)
 ``MISSING_IMAGE``              no face image, or an empty one
 ``IMAGE_TOO_LARGE``            inline bytes or the referenced object exceed their byte limit
@@ -44,6 +46,7 @@ from schemas.records import (
     ImageFormat,
     InlineImage,
     Lane,
+    Preset,
     RequestParams,
 )
 
@@ -76,6 +79,9 @@ class RequestLimits:
     max_seed: int = 2**63 - 1
     max_inline_image_bytes: int = 256 * KIB
     max_face_image_bytes: int = 10 * MIB
+    # A face crop with a side under 64 px carries too little of a face for the model to keep
+    # (it is scaled to ~1024² first); FACE_TOO_SMALL.
+    min_face_side: int = 64
     max_attributes: int = 32
     max_attribute_key_chars: int = 128
     max_attribute_value_chars: int = 1024
@@ -85,14 +91,43 @@ class RequestLimits:
     tenant_pattern: str = r"^[a-z0-9][a-z0-9-]{1,62}$"
 
 
+def _check_encodable(field: str, value: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (lone surrogates: from undecodable bytes on a
+    command line, or a ``\\ud800`` escape in JSON): Avro strings are UTF-8, and encoding would
+    otherwise fail later, far from the field."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        reason = (
+            f"must be valid Unicode text: character {exc.start} is a lone surrogate "
+            f"({value[exc.start]!r}); is the input UTF-8?"
+        )
+        raise _fail(field, reason, "INVALID_TEXT") from None
+
+
 def _fail(field: str, reason: str, code: str) -> InvalidInput:
     return InvalidInput(field, reason, code=code)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: refusals quote untrusted input, and a 1 MiB
+    tenant_id must not become a 1 MiB error message (and log line)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+#: Public for other modules that quote input in refusals (connectors.publish_batch).
+shown = _short
 
 
 def _in_range(field: str, value: object, low: float, high: float) -> None:
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if not number or not math.isfinite(value) or not low <= value <= high:  # type: ignore[arg-type]
-        raise _fail(field, f"must be between {low} and {high}, got {value!r}", "PARAM_OUT_OF_RANGE")
+        raise _fail(
+            field, f"must be between {low} and {high}, got {_short(value)}", "PARAM_OUT_OF_RANGE"
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -100,7 +135,7 @@ def _is_int(value: object) -> bool:
 
 
 def _check_uuid(field: str, value: object) -> None:
-    reason = f"must be a canonical lowercase UUID like {uuid.UUID(int=0)}, got {value!r}"
+    reason = f"must be a canonical lowercase UUID like {uuid.UUID(int=0)}, got {_short(value)}"
     if not isinstance(value, str) or len(value) != 36:
         raise _fail(field, reason, "INVALID_REQUEST_ID")
     try:
@@ -119,6 +154,7 @@ def _check_text(field: str, value: object, max_chars: int) -> None:
         raise _fail(field, reason, "PROMPT_TOO_LONG")
     if _CONTROL.search(value):
         raise _fail(field, "must not contain NUL or other control characters", "INVALID_TEXT")
+    _check_encodable(field, value)
 
 
 def _check_params(params: RequestParams, limits: RequestLimits) -> None:
@@ -128,7 +164,7 @@ def _check_params(params: RequestParams, limits: RequestLimits) -> None:
         value = getattr(params, name)
         if not _is_int(value):
             raise _fail(
-                f"params.{name}", f"must be an integer, got {value!r}", "PARAM_OUT_OF_RANGE"
+                f"params.{name}", f"must be an integer, got {_short(value)}", "PARAM_OUT_OF_RANGE"
             )
     _in_range("params.seed", params.seed, 0, limits.max_seed)
     _in_range("params.steps", params.steps, limits.min_steps, limits.max_steps)
@@ -146,8 +182,12 @@ def _check_params(params: RequestParams, limits: RequestLimits) -> None:
     _in_range("params.output_quality", params.output_quality, *quality)
     if not isinstance(params.output_format, ImageFormat):
         choices = ", ".join(f.value for f in ImageFormat)
-        reason = f"must be one of {choices}, got {params.output_format!r}"
+        reason = f"must be one of {choices}, got {_short(params.output_format)}"
         raise _fail("params.output_format", reason, "INVALID_CHOICE")
+    if params.preset is not None and not isinstance(params.preset, Preset):
+        choices = ", ".join(p.value for p in Preset)
+        reason = f"must be null or one of {choices}, got {params.preset!r}"
+        raise _fail("params.preset", reason, "INVALID_CHOICE")
 
 
 def check_face_key_in_tenant_prefix(ref: FaceImageRef, tenant_id: str) -> None:
@@ -159,33 +199,34 @@ def check_face_key_in_tenant_prefix(ref: FaceImageRef, tenant_id: str) -> None:
     prefix = f"tenants/{tenant_id}/"
     key = ref.key
     if not isinstance(key, str) or not key.startswith(prefix) or len(key) == len(prefix):
-        reason = f"must start with {prefix!r} followed by a name, got {key!r}"
+        reason = f"must start with {_short(prefix)} followed by a name, got {_short(key)}"
         raise _fail("face.key", reason, "KEY_OUTSIDE_TENANT_PREFIX")
     if ".." in key or "\\" in key or "//" in key or _CONTROL.search(key):
-        reason = f"must not contain '..', '\\\\', '//' or control characters, got {key!r}"
+        reason = f"must not contain '..', '\\\\', '//' or control characters, got {_short(key)}"
         raise _fail("face.key", reason, "KEY_OUTSIDE_TENANT_PREFIX")
 
 
 def _check_content_type(field: str, content_type: object) -> None:
     if content_type not in ALLOWED_CONTENT_TYPES:
-        reason = f"must be one of {', '.join(ALLOWED_CONTENT_TYPES)}, got {content_type!r}"
+        reason = f"must be one of {', '.join(ALLOWED_CONTENT_TYPES)}, got {_short(content_type)}"
         raise _fail(field, reason, "UNSUPPORTED_IMAGE_FORMAT")
 
 
 def _check_face_ref(ref: FaceImageRef, tenant_id: str, limits: RequestLimits) -> None:
     if not isinstance(ref.bucket, str) or not _BUCKET.fullmatch(ref.bucket):
-        reason = f"must be a valid bucket name, got {ref.bucket!r}"
+        reason = f"must be a valid bucket name, got {_short(ref.bucket)}"
         raise _fail("face.bucket", reason, "INVALID_IMAGE_REF")
     if not isinstance(ref.key, str) or len(ref.key) > limits.max_key_chars:
         reason = f"must be a string of at most {limits.max_key_chars} characters"
         raise _fail("face.key", reason, "INVALID_IMAGE_REF")
+    _check_encodable("face.key", ref.key)
     check_face_key_in_tenant_prefix(ref, tenant_id)
     if not isinstance(ref.sha256, str) or not _SHA256.fullmatch(ref.sha256):
-        reason = f"must be 64 lowercase hex characters, got {ref.sha256!r}"
+        reason = f"must be 64 lowercase hex characters, got {_short(ref.sha256)}"
         raise _fail("face.sha256", reason, "INVALID_IMAGE_REF")
     _check_content_type("face.content_type", ref.content_type)
     if not _is_int(ref.size_bytes) or ref.size_bytes <= 0:
-        reason = f"must be a positive integer, got {ref.size_bytes!r}"
+        reason = f"must be a positive integer, got {_short(ref.size_bytes)}"
         raise _fail("face.size_bytes", reason, "MISSING_IMAGE")
     if ref.size_bytes > limits.max_face_image_bytes:
         reason = f"must be at most {limits.max_face_image_bytes} bytes, got {ref.size_bytes}"
@@ -223,24 +264,32 @@ def _check_map(
         raise _fail(field, reason, "TOO_MANY_ATTRIBUTES")
     for key, value in values.items():
         if not isinstance(key, str) or not 1 <= len(key) <= max_key:
-            reason = f"keys must be 1 to {max_key} characters, got {key!r}"
+            reason = f"keys must be 1 to {max_key} characters, got {_short(key)}"
             raise _fail(field, reason, "ATTRIBUTE_TOO_LONG")
+        _check_encodable(f"{field} key {_short(key)}", key)
         if not isinstance(value, str) or len(value) > max_value:
             reason = f"must be a string of at most {max_value} characters"
             raise _fail(f"{field}.{key}", reason, "ATTRIBUTE_TOO_LONG")
+        _check_encodable(f"{field}.{key}", value)
+
+
+def validate_identity(req: GenerationRequest, limits: RequestLimits = RequestLimits()) -> None:
+    """Raise ``InvalidInput`` unless ``request_id`` and ``tenant_id`` are valid: what a result
+    can be keyed by and a quota charged to."""
+    _check_uuid("request_id", req.request_id)
+    if not isinstance(req.tenant_id, str) or not re.fullmatch(limits.tenant_pattern, req.tenant_id):
+        reason = f"must match {limits.tenant_pattern}, got {_short(req.tenant_id)}"
+        raise _fail("tenant_id", reason, "INVALID_TENANT")
 
 
 def validate_request(req: GenerationRequest, limits: RequestLimits = RequestLimits()) -> None:
     """Raise ``InvalidInput`` naming the field and the bound if ``req`` breaks any rule."""
     # Step 1. Identity.
-    _check_uuid("request_id", req.request_id)
-    if not isinstance(req.tenant_id, str) or not re.fullmatch(limits.tenant_pattern, req.tenant_id):
-        reason = f"must match {limits.tenant_pattern}, got {req.tenant_id!r}"
-        raise _fail("tenant_id", reason, "INVALID_TENANT")
+    validate_identity(req, limits)
     if req.replay_of is not None:
         _check_uuid("replay_of", req.replay_of)
     if not isinstance(req.lane, Lane):
-        reason = f"must be one of {', '.join(lane.value for lane in Lane)}, got {req.lane!r}"
+        reason = f"must be one of {', '.join(lane.value for lane in Lane)}, got {_short(req.lane)}"
         raise _fail("lane", reason, "INVALID_CHOICE")
 
     # Step 2. Time. Records coerce datetimes to aware UTC, so only the ordering is left.

@@ -1,12 +1,13 @@
-"""Stream analytics: per-tenant windowed metrics of the results topic, as JSON records.
+"""Stream analytics: per-tenant windowed metrics of the results topic, as Avro records.
 
 Input: ``GenerationResult`` records (Confluent-framed Avro) from ``f2p.results.v1``, read with
 ``isolation.level=read_committed``, so results of aborted worker transactions never count.
 
-Output: one JSON record per (tenant, window) on ``f2p.analytics.v1``, keyed by ``tenant_id``
-(UTF-8) — count by status, throughput, P50/P90/P99/mean/max of ``timings.total_ms`` over OK
-results, error rate (share of non-OK results), counts by ``error.code``, GPU-seconds. The field
-list is :meth:`streams.windows.WindowAggregate.to_record`.
+Output: one ``AnalyticsWindow`` record (``schemas/avro/AnalyticsWindow.avsc``, Confluent-framed
+Avro through the registry like every other topic) per (tenant, window) on ``f2p.analytics.v1``,
+keyed by ``tenant_id`` (UTF-8) — count by status, throughput, P50/P90/P99/mean/max of
+``timings.total_ms`` over OK results, error rate (share of non-OK results), counts by
+``error.code``, GPU-seconds.
 
 Windows (pure logic in :mod:`streams.windows`)
     Tumbling, in event time (``completed_at``), closed by a watermark over the source partitions
@@ -17,8 +18,8 @@ Windows (pure logic in :mod:`streams.windows`)
     50,000-record backlog on 8 partitions, 5 s left no record late).
 
 Emission
-    Once per window, when it closes, with ``"final": true``. When the processor stops (signal,
-    ``--duration-s``) it also emits a snapshot of each still-open window with ``"final": false``;
+    Once per window, when it closes, with ``final`` true. When the processor stops (signal,
+    ``--duration-s``) it also emits a snapshot of each still-open window with ``final`` false;
     the next run recomputes those windows and emits them final. Readers keep the newest record
     per (``tenant_id``, ``window_start``); ``final`` tells whether it is complete.
 
@@ -67,7 +68,6 @@ GPU-seconds
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -290,14 +290,14 @@ class AnalyticsProcessor:
         )
 
     async def _emit(self, aggregates: list[WindowAggregate], *, final: bool) -> None:
-        """Send one JSON record per window and wait until the broker has them all."""
+        """Send one AnalyticsWindow per window and wait until the broker has them all."""
         assert self.out is not None, "install() the processor first"
         emitted_at_ms = int(self.clock() * 1000)
         pending = []
         for aggregate in aggregates:
             record = aggregate.to_record(final=final, emitted_at_ms=emitted_at_ms)
-            value = json.dumps(record, separators=(",", ":")).encode()
-            pending.append(await self.out.send(key=aggregate.tenant_id.encode(), value=value))
+            value = self.codec.encode(self.config.analytics_topic, record)
+            pending.append(await self.out.send(key=record.key, value=value))
         await asyncio.gather(*pending)
 
     async def flush_open(self) -> None:
@@ -330,9 +330,10 @@ class AnalyticsProcessor:
 
 
 def build_processor(settings: Settings, config: AnalyticsConfig) -> AnalyticsProcessor:
-    """Check the topics and build the processor with a decoding codec."""
+    """Check the topics and build the processor with its codec (decodes results, encodes
+    windows; registers the AnalyticsWindow schema itself on the embedded stack only)."""
     partitions = check_topics(settings, config)
-    codec = AvroCodec(make_registry_client(settings), auto_register=False)
+    codec = AvroCodec(make_registry_client(settings), auto_register=settings.embedded)
     return AnalyticsProcessor(config, codec, partitions)
 
 

@@ -113,10 +113,11 @@ class AnalyticsMetrics:
             for code, count in aggregate.errors_by_code.items():
                 self.errors.labels(tenant=tenant, code=self.code(code)).inc(count)
             self.gpu_seconds.labels(tenant=tenant).inc(aggregate.engine_ms_sum / 1000)
-            summary = aggregate.latency.summary()
+            summary = aggregate.latency.summary()  # a LatencySummary; None when no OK result
             for name, q in PERCENTILES:
-                if summary.get(name) is not None:
-                    self.latency.labels(tenant=tenant, quantile=str(q)).set(summary[name] / 1000)
+                value = getattr(summary, name)
+                if value is not None:
+                    self.latency.labels(tenant=tenant, quantile=str(q)).set(value / 1000)
         self.folded.set(self.tenant.folded)
 
 

@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from schemas.analytics_records import AnalyticsWindow, LatencySummary
 from schemas.records import GenerationResult, ResultStatus
 from streams.exceptions import StreamsConfigError
 
 T = TypeVar("T")
 
-#: Version of the JSON record written to the analytics topic.
-RECORD_VERSION = 1
 #: Percentiles reported for ``timings.total_ms`` of OK results.
 PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
@@ -125,21 +124,25 @@ class LatencySample:
         if slot < self.capacity:
             self.values[slot] = value
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> LatencySummary:
         """``count``, ``sampled``, ``mean``, ``max`` and the percentiles (None when empty)."""
-        out: dict[str, Any] = {"count": self.count, "sampled": len(self.values)}
         if not self.values:
-            return out | {name: None for name, _ in PERCENTILES} | {"mean": None, "max": None}
+            return LatencySummary(count=self.count, sampled=0)
         ordered = sorted(self.values)
-        for name, q in PERCENTILES:
-            out[name] = round(percentile(ordered, q), 3)
-        out["mean"] = round(self.total / self.count, 3)
-        out["max"] = self.max
-        return out
+        quantiles: dict[str, Any] = {
+            name: round(percentile(ordered, q), 3) for name, q in PERCENTILES
+        }
+        return LatencySummary(
+            count=self.count,
+            sampled=len(self.values),
+            mean=round(self.total / self.count, 3),
+            max=self.max,
+            **quantiles,
+        )
 
 
-def _iso(t_ms: int) -> str:
-    return datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="milliseconds")
+def _utc(t_ms: int) -> datetime:
+    return datetime.fromtimestamp(t_ms / 1000, UTC)
 
 
 @dataclass
@@ -172,27 +175,24 @@ class WindowAggregate:
         if result.status is ResultStatus.OK:
             self.latency.add(result.timings.total_ms)
 
-    def to_record(self, *, final: bool, emitted_at_ms: int) -> dict[str, Any]:
-        """The JSON-ready analytics record; the newest per (tenant_id, window_start) wins."""
+    def to_record(self, *, final: bool, emitted_at_ms: int) -> AnalyticsWindow:
+        """The analytics record; the newest per (tenant_id, window_start) wins."""
         window_s = (self.end_ms - self.start_ms) / 1000
         not_ok = self.count - self.by_status[ResultStatus.OK.value]
-        return {
-            "v": RECORD_VERSION,
-            "tenant_id": self.tenant_id,
-            "window_start": _iso(self.start_ms),
-            "window_end": _iso(self.end_ms),
-            "window_start_ms": self.start_ms,
-            "window_s": window_s,
-            "final": final,
-            "count": self.count,
-            "by_status": {s.value: self.by_status[s.value] for s in ResultStatus},
-            "throughput_per_s": round(self.count / window_s, 6),
-            "error_rate": round(not_ok / self.count, 6) if self.count else 0.0,
-            "errors_by_code": dict(sorted(self.errors_by_code.items())),
-            "latency_ms": self.latency.summary(),
-            "gpu_seconds": self.engine_ms_sum / 1000,
-            "emitted_at": _iso(emitted_at_ms),
-        }
+        return AnalyticsWindow(
+            tenant_id=self.tenant_id,
+            window_start=_utc(self.start_ms),
+            window_end=_utc(self.end_ms),
+            final=final,
+            count=self.count,
+            by_status={s.value: self.by_status[s.value] for s in ResultStatus},
+            throughput_per_s=round(self.count / window_s, 6),
+            error_rate=round(not_ok / self.count, 6) if self.count else 0.0,
+            errors_by_code=dict(sorted(self.errors_by_code.items())),
+            latency_ms=self.latency.summary(),
+            gpu_seconds=self.engine_ms_sum / 1000,
+            emitted_at=_utc(emitted_at_ms),
+        )
 
 
 @dataclass

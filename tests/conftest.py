@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from connectors.settings import Settings, load_settings
-from infra.stack.config import load_stack_config
+from infra.stack.config import StackConfig, load_stack_config
 from infra.stack.launcher import stack_down, stack_up
 
 
@@ -63,3 +64,45 @@ def make_topic(admin, unique_name) -> Iterator[Callable[..., str]]:
 
     yield make
     delete_topics(admin, created)
+
+
+# -- a 3-broker cluster beside the session's stack -----------------------------------------------
+
+# Every port of the session's stack + 500 (its nodes take base, +10, +20): clear of the session's
+# stack, test_stack_lifecycle's second stack (+200) and test_cluster's own cluster (+700);
+# tests/infra/test_cluster.py checks that these port sets are disjoint.
+CLUSTER_PORT_OFFSET = 500
+
+
+@dataclass(frozen=True)
+class ClusterStack:
+    """A running 3-broker stack: its config (for ``infra.stack.faults`` and
+    ``infra.stack.cluster``) and client settings reaching it."""
+
+    config: StackConfig
+    settings: Settings
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(stack_settings: Settings, tmp_path_factory) -> Iterator[ClusterStack]:
+    """A 3-broker KRaft cluster (replication 3, min.insync 2) with its own S3 and registry,
+    started once per session for the tests that lose brokers, stopped at the end. Tests must
+    leave it with every node running (``infra.stack.faults.start_broker``)."""
+    main = load_stack_config()
+    config = StackConfig(
+        state_dir=tmp_path_factory.mktemp("cluster") / "stack",
+        ports=main.ports.shifted(CLUSTER_PORT_OFFSET),
+        brokers=3,
+        kafka_heap="512m",
+        registry_heap="192m",
+        shared_lib_dir=main.lib_dir,
+    )
+    try:
+        stack_up(config)
+        yield ClusterStack(config, load_settings(config.state_dir))
+    finally:
+        stack_down(config, purge=True)

@@ -5,14 +5,22 @@ Importing this package does not import torch; ``create_engine`` imports it for `
 """
 
 from .base import Engine, EngineOutput, EngineRequest, GenerationParams, ModelInfo
-from .exceptions import EngineError, EngineInputError, EngineLoadError, EngineTransientError
-from .factory import EngineConfig, create_engine
+from .config import EngineConfig
+from .exceptions import (
+    EngineError,
+    EngineInputError,
+    EngineInterrupted,
+    EngineLoadError,
+    EngineTransientError,
+)
+from .factory import create_engine
 
 __all__ = [
     "Engine",
     "EngineConfig",
     "EngineError",
     "EngineInputError",
+    "EngineInterrupted",
     "EngineLoadError",
     "EngineOutput",
     "EngineRequest",

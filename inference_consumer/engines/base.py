@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .exceptions import EngineInputError
+from .presets import PresetTable
 
 
 @dataclass(frozen=True)
@@ -35,34 +36,54 @@ class GenerationParams:
     height: int
     num_images: int = 1
     lora_scale: float = 1.0
+    preset: str | None = None  # QUALITY / FAST / FASTEST (any case); None: the worker's default
 
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """One request as the engine sees it: decoded face, prompts and parameters."""
+    """One request as the engine sees it: decoded face, prompts and parameters.
+
+    ``cancelled`` is polled between denoising steps: when it returns True and the request is
+    alone in its ``generate`` call, the engine stops and raises ``EngineInterrupted``; in a
+    batch of several the others are not held back, and the worker drops this one's output.
+    """
 
     request_id: str
     face: Image.Image
     prompt: str
     negative_prompt: str
     params: GenerationParams
+    cancelled: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)
 class EngineOutput:
-    """The images of one request: ``params.num_images`` RGB images of exactly width x height."""
+    """The images of one request: ``params.num_images`` RGB images of exactly width x height.
+
+    ``transformer_evaluations`` counts the transformer forward passes that ran for each image
+    (steps x 2 with true CFG, fewer where a cache hook predicted a step): the cost of an image
+    without a GPU clock. ``preset`` is the preset that ran (``QUALITY``/``FAST``/``FASTEST``),
+    ``note`` says how the request's parameters were adjusted to it (``None``: not at all).
+    """
 
     request_id: str
     images: list[Image.Image]
+    transformer_evaluations: int = 0
+    steps_executed: int = 0
+    preset: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What produced an image, recorded with every result (model, its revision, the LoRA)."""
+    """What produced an image, recorded with every result (model, its revision, the LoRAs).
+
+    ``lora`` is ``None`` when no LoRA is loaded (the result schema's null), never ``"none"``.
+    """
 
     name: str
     revision: str
-    lora: str
+    lora: str | None
 
 
 class Engine(ABC):
@@ -75,19 +96,22 @@ class Engine(ABC):
     name: str
     model_info: ModelInfo
     max_batch_size: int
+    presets: PresetTable = PresetTable()
 
-    def batch_key(self, params: GenerationParams) -> tuple:
+    def batch_key(self, params: GenerationParams, prompt: str | None = None) -> tuple:
         """Requests whose keys are equal may share one ``generate`` call.
 
-        The seed is not part of the key: every image gets its own generator.
+        The seed is not part of the key: every image gets its own generator. The preset part is
+        the *effective* preset, steps and CFG, so requests clamped to the same Lightning values
+        share a batch. ``prompt`` matters only to engines whose attention backend cannot take
+        padded batches (they add the prompt's token count); it never raises.
         """
         return (
             params.width,
             params.height,
-            params.steps,
-            params.true_cfg_scale,
             params.num_images,
             params.lora_scale,
+            *self.presets.key(params.preset, params.steps, params.true_cfg_scale),
         )
 
     @abstractmethod

@@ -28,3 +28,15 @@ class EngineInputError(EngineError, InvalidInput):
 
 class EngineTransientError(EngineError):
     """The request may succeed if retried later (e.g. the accelerator ran out of memory)."""
+
+
+class EngineInterrupted(EngineError):
+    """A request alone in its batch was cancelled between denoising steps; nothing was made.
+
+    ``steps_executed`` is how many denoising steps ran before the stop (the GPU time spent).
+    """
+
+    def __init__(self, request_id: str, steps_executed: int) -> None:
+        super().__init__(f"request {request_id[:200]} cancelled after {steps_executed} step(s)")
+        self.request_id = request_id
+        self.steps_executed = steps_executed

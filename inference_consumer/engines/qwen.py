@@ -1,41 +1,36 @@
-"""``qwen-f2p``: diffusers ``QwenImageEditPipeline`` with the F2P LoRA, batched.
+"""``qwen-f2p``: Qwen-Image-Edit with the F2P LoRA, speed presets, batched and counted.
 
-Loading (``load_pipeline``): ``from_pretrained`` (hub id or local directory) in the configured
-dtype, the F2P LoRA as adapter ``f2p`` and optionally a Lightning LoRA as adapter ``lightning``
-(both through ``load_lora_weights``), then the device (or model CPU offload) and optionally
-``torch.compile`` of the transformer. The ``tiny`` engine loads its random pipeline through this
-same function and generates through this same class, so the unit tests exercise everything here
-but the download, GPU placement, CPU offload and compile.
+Loading is ``loading.load_pipeline`` (weights, verified adapters, speed settings). Generating
+(``QwenF2PEngine.generate``):
 
-Generating (``QwenF2PEngine.generate``): requests are grouped by batch key and condition size,
-and each group is one pipeline call with one CPU ``torch.Generator`` per image (image ``j`` of a
-request uses ``seed + j``), so an image depends on its own seed only, not on its batch mates.
-
-Condition area: the upstream pipeline resizes the face to ``calculate_dimensions(1024 * 1024,
-ratio)``, a module-level function it looks up when called. ``F2PQwenImageEditPipeline`` runs the
-upstream ``__call__`` code under a copy of the module's globals in which that name reads a
-context variable, so the area is a per-call argument, other pipelines in the process are not
-affected, and no lock is needed.
+1. Each request gets its ``Plan`` (``presets.py``): preset, effective steps and CFG, whether the
+   Lightning adapter and scheduler run, the cache schedule. A preset this worker cannot serve is
+   an ``EngineInputError`` with a code.
+2. Requests are grouped by plan, size, LoRA scale, condition size and — for attention backends
+   that cannot take a padding mask — prompt token count; each group is one pipeline call with
+   one CPU ``torch.Generator`` per image (image ``j`` of a request uses ``seed + j``), so an
+   image depends on its own seed only, not on its batch mates.
+3. Before each call the scheduler (base or Lightning), the adapter weights (F2P at the request's
+   scale, Lightning at 1 or 0) and the cache schedule are set; they are per-call settings of a
+   pipeline that only this engine's lock-holder drives.
+4. Between denoising steps ``callback_on_step_end`` counts the steps and, when the call serves a
+   single request whose ``cancelled()`` turns true, stops it: ``EngineInterrupted``.
+5. Every output reports its preset, steps executed and transformer evaluations per image.
 """
 
 from __future__ import annotations
 
-import contextvars
+import copy
 import gc
-import inspect
 import logging
-import os
 import threading
-import types
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import QwenImageEditPipeline
-from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as _edit_module
 from PIL import Image
 
+from . import acceleration
 from .base import (
     BusyClock,
     Engine,
@@ -47,164 +42,27 @@ from .base import (
     check_request,
     group_indices,
 )
-from .exceptions import EngineError, EngineInputError, EngineLoadError, EngineTransientError
+from .exceptions import EngineError, EngineInputError, EngineInterrupted, EngineTransientError
+from .loading import F2P_ADAPTER, LIGHTNING_ADAPTER, describe_lora, load_pipeline, model_revision
+from .pipeline import DEFAULT_CONDITION_AREA, F2PQwenImageEditPipeline, condition_size
+from .presets import QUALITY, Plan, PresetTable
 
 if TYPE_CHECKING:
-    from .factory import EngineConfig
+    from .config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONDITION_AREA = 1024 * 1024  # what diffusers uses when no area is given
 MIN_CONDITION_SIDE = 32  # calculate_dimensions rounds to 32: a side of 0 means a degenerate face
-F2P_ADAPTER = "f2p"
-LIGHTNING_ADAPTER = "lightning"
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-_condition_area: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "f2p_condition_area", default=None
-)
+QUALITY_WARMUP_STEPS = 3  # enough to pass every branch of the cache hook's update path
+WARMUP_PROMPTS = ("warmup", "warmup: a longer prompt, so that the batch needs a padding mask")
 
 
-def condition_size(face_size: tuple[int, int], area: int) -> tuple[int, int]:
-    """(width, height) the pipeline resizes a face of ``face_size`` to for a condition ``area``."""
-    width, height, _ = _edit_module.calculate_dimensions(area, face_size[0] / face_size[1])
-    return int(width), int(height)
+class _Cancelled(Exception):
+    """Raised from the step callback to stop a cancelled call; never leaves the engine."""
 
-
-def _calculate_dimensions(target_area: float, ratio: float) -> tuple[int, int, None]:
-    """Upstream ``calculate_dimensions`` with the area of the current call, if one was given."""
-    area = _condition_area.get()
-    return _edit_module.calculate_dimensions(area if area is not None else target_area, ratio)
-
-
-def _with_globals(function: Callable[..., Any], **replacements: Any) -> Callable[..., Any]:
-    """A copy of ``function`` (undecorated) that resolves the given global names differently."""
-    raw = inspect.unwrap(function)
-    missing = set(replacements) - set(raw.__code__.co_names)
-    if missing:
-        raise ImportError(
-            f"{raw.__qualname__} no longer uses {sorted(missing)}; this diffusers version is not "
-            "supported by the condition-area hook"
-        )
-    namespace = {**raw.__globals__, **replacements}
-    copy = types.FunctionType(
-        raw.__code__, namespace, raw.__name__, raw.__defaults__, raw.__closure__
-    )
-    copy.__kwdefaults__ = raw.__kwdefaults__
-    return copy
-
-
-_upstream_call = _with_globals(
-    QwenImageEditPipeline.__call__, calculate_dimensions=_calculate_dimensions
-)
-
-
-class F2PQwenImageEditPipeline(QwenImageEditPipeline):
-    """``QwenImageEditPipeline`` whose condition-image area is a per-call argument."""
-
-    @torch.no_grad()
-    def __call__(self, *args: Any, condition_area: int | None = None, **kwargs: Any) -> Any:
-        """Upstream ``__call__``; ``condition_area`` (pixels) replaces its fixed 1024*1024."""
-        token = _condition_area.set(condition_area)
-        try:
-            return _upstream_call(self, *args, **kwargs)
-        finally:
-            _condition_area.reset(token)
-
-
-def split_weight_path(path: str, weight_name: str | None) -> tuple[str, str | None]:
-    """``(repo_or_dir, weight_name)``; a path ending in ``.safetensors`` names the file itself."""
-    if weight_name is None and path.endswith(".safetensors") and "/" in path:
-        directory, _, name = path.rpartition("/")
-        return directory, name
-    return path, weight_name
-
-
-def _looks_local(path: str) -> bool:
-    return os.path.isabs(path) or path.startswith(("./", "../", "~")) or os.path.exists(path)
-
-
-def load_pipeline(config: EngineConfig) -> F2PQwenImageEditPipeline:
-    """Load the pipeline and its LoRA adapters as ``config`` says; raises ``EngineLoadError``.
-
-    Steps: 1. weights, 2. LoRA adapters, 3. device or CPU offload, 4. optional compile.
-    """
-    # Step 1. Base weights, from a local directory or the hub (or its cache).
-    path = os.path.expanduser(config.model_path)
-    if _looks_local(path) and not os.path.isdir(path):
-        raise EngineLoadError(f"model_path {config.model_path!r}: no such local directory")
-    try:
-        pipe = F2PQwenImageEditPipeline.from_pretrained(path, torch_dtype=DTYPES[config.dtype])
-    except Exception as exc:
-        raise EngineLoadError(
-            f"cannot load the Qwen-Image-Edit pipeline from {config.model_path!r}: {exc}"
-        ) from exc
-
-    # Step 2. LoRA adapters: F2P (scaled per request), then Lightning (always at 1.0).
-    adapters = []
-    if config.lora_path:
-        _load_lora(pipe, config.lora_path, config.lora_weight_name, F2P_ADAPTER)
-        adapters.append(F2P_ADAPTER)
-    if config.lightning_lora_path:
-        _load_lora(pipe, config.lightning_lora_path, None, LIGHTNING_ADAPTER)
-        adapters.append(LIGHTNING_ADAPTER)
-    if adapters:
-        pipe.set_adapters(adapters, adapter_weights=[1.0] * len(adapters))
-
-    # Step 3. Placement.
-    try:
-        if config.cpu_offload:
-            pipe.enable_model_cpu_offload(device=config.device)
-        else:
-            pipe.to(config.device)
-    except Exception as exc:
-        raise EngineLoadError(f"cannot place the pipeline on {config.device!r}: {exc}") from exc
-
-    # Step 4. Compile the transformer in place (after the adapters, which it then traces).
-    if config.compile:
-        pipe.transformer.compile()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _load_lora(
-    pipe: QwenImageEditPipeline, path: str, weight_name: str | None, adapter: str
-) -> None:
-    source, weight_name = split_weight_path(os.path.expanduser(path), weight_name)
-    if _looks_local(source) and not os.path.exists(source):
-        raise EngineLoadError(f"LoRA {adapter!r}: {path!r} does not exist")
-    try:
-        with warnings.catch_warnings():
-            # PEFT warns on every adapter after the first; several adapters are intended here.
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=adapter)
-    except Exception as exc:
-        raise EngineLoadError(f"cannot load LoRA {adapter!r} from {path!r}: {exc}") from exc
-
-
-def describe_model(config: EngineConfig) -> ModelInfo:
-    """The ``ModelInfo`` of a pipeline loaded from ``config`` (revision from the hub cache)."""
-    lora = "none"
-    if config.lora_path:
-        source, weight_name = split_weight_path(config.lora_path, config.lora_weight_name)
-        lora = f"{source}/{weight_name}" if weight_name else source
-    if config.lightning_lora_path:
-        lora = f"{lora}+{config.lightning_lora_path}"
-    return ModelInfo(name=config.model_path, revision=_revision(config.model_path), lora=lora)
-
-
-def _revision(model_path: str) -> str:
-    if _looks_local(model_path):
-        return "local"
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model_path, "model_index.json")
-    except Exception:  # an invalid repo id, a broken cache: not worth failing a load over
-        return "unknown"
-    if isinstance(cached, str) and "/snapshots/" in cached:
-        return cached.split("/snapshots/", 1)[1].split("/", 1)[0]
-    return "unknown"
+    def __init__(self, steps: int) -> None:
+        super().__init__(steps)
+        self.steps = steps
 
 
 class QwenF2PEngine(Engine):
@@ -220,40 +78,71 @@ class QwenF2PEngine(Engine):
         max_batch_size: int = 4,
         condition_area: int | None = None,
         max_side: int = 2048,
-        warmup_size: int = 1024,
+        warmup_sizes: Sequence[tuple[int, int]] = ((1024, 1024),),
         adapters: Sequence[str] = (),
+        presets: PresetTable | None = None,
+        lightning_scheduler: Any = None,
+        cache_hooks: Sequence[Any] = (),
+        attention_backend: str = "native",
+        compiled: bool = False,
     ) -> None:
         self.model_info = model_info
         self.max_batch_size = max_batch_size
         self.condition_area = condition_area or DEFAULT_CONDITION_AREA
         self.size_multiple = pipe.vae_scale_factor * 2  # VAE factor x 2x2 latent packing
         self.max_side = max_side
-        self.warmup_size = warmup_size
+        self.warmup_sizes = tuple(warmup_sizes)
+        self.presets = presets or PresetTable()
+        self.attention_backend = attention_backend
+        self.compiled = compiled
         self._pipe: F2PQwenImageEditPipeline | None = pipe
         self._adapters = tuple(adapters)
-        self._lora_scale = 1.0
+        self._base_scheduler = pipe.scheduler
+        self._lightning_scheduler = lightning_scheduler
+        self._cache_hooks = list(cache_hooks)
+        self._padded_batches = acceleration.takes_padded_batches(attention_backend)
+        self._adapter_weights: tuple[float, ...] | None = None
+        # Token counts for batch keys are asked from the worker's threads while a call runs:
+        # a copy of the tokenizer, behind its own lock (fast tokenizers refuse concurrent use).
+        self._template = getattr(pipe, "prompt_template_encode", "{}")
+        self._key_tokenizer = None if self._padded_batches else copy.deepcopy(pipe.tokenizer)
+        self._key_lock = threading.Lock()
         self._lock = threading.Lock()
         self._clock = BusyClock()
+        self._graphs = acceleration.GraphCounter()
+        self._recompiles_seen = 0
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> QwenF2PEngine:
         """Load the pipeline named by ``config`` and wrap it."""
-        pipe = load_pipeline(config)
-        model_info = describe_model(config)
+        loaded = load_pipeline(config)
+        model_info = ModelInfo(
+            name=config.model_path,
+            revision=model_revision(config.model_path),
+            lora=describe_lora(config),
+        )
         logger.info(
-            "loaded %s@%s (LoRA %s) on %s as %s",
+            "loaded %s@%s (LoRA %s) on %s as %s; presets %s, default %s",
             model_info.name,
             model_info.revision,
             model_info.lora,
             config.device,
             config.dtype,
+            ",".join(loaded.presets.available),
+            loaded.presets.default,
         )
         return cls(
-            pipe,
+            loaded.pipe,
             model_info=model_info,
             max_batch_size=config.max_batch_size,
             condition_area=config.condition_area,
-            adapters=loaded_adapters(config),
+            warmup_sizes=config.warmup_sizes or ((1024, 1024),),
+            adapters=loaded.adapters,
+            presets=loaded.presets,
+            lightning_scheduler=loaded.lightning_scheduler,
+            cache_hooks=loaded.cache_hooks,
+            attention_backend=config.attention_backend,
+            compiled=loaded.compiled,
         )
 
     @property
@@ -268,30 +157,79 @@ class QwenF2PEngine(Engine):
         """Total wall time spent inside ``generate``."""
         return self._clock.busy_seconds
 
+    @property
+    def recompiles(self) -> int:
+        """Graphs torch.compile made after warm-up (0 uncompiled): export it as a metric."""
+        return self._graphs.since_warm() if self.compiled else 0
+
+    def batch_key(self, params: GenerationParams, prompt: str | None = None) -> tuple:
+        """The base key, plus the prompt's token count where padded batches cannot run."""
+        key = super().batch_key(params)
+        if prompt is not None and not self._padded_batches:
+            return (*key, self._prompt_tokens(prompt))
+        return key
+
     def generate(self, batch: Sequence[EngineRequest]) -> list[EngineOutput]:
-        """One pipeline call per (batch key, condition size) group, outputs in batch order."""
+        """One pipeline call per group of compatible requests; outputs in batch order."""
         if not batch:
             return []
-        faces = [self._checked_face(request) for request in batch]
-        keys = [
-            (self.batch_key(request.params), condition_size(face.size, self.condition_area))
-            for request, face in zip(batch, faces, strict=True)
-        ]
+        faces, plans = [], []
+        for request in batch:
+            faces.append(self._checked_face(request))
+            params = request.params
+            plans.append(self.presets.plan(params.preset, params.steps, params.true_cfg_scale))
+        keys = [self._group_key(r, f, p) for r, f, p in zip(batch, faces, plans, strict=True)]
+        cancelled = batch[0].cancelled if len(batch) == 1 else None
         outputs: list[EngineOutput | None] = [None] * len(batch)
         with self._lock, self._clock.timing():
             for indices in group_indices(keys, self.max_batch_size):
                 group = [batch[i] for i in indices]
-                images = self._generate_group(group, [faces[i] for i in indices])
-                for index, request, request_images in zip(indices, group, images, strict=True):
-                    outputs[index] = EngineOutput(request.request_id, request_images)
+                plan = plans[indices[0]]
+                images, executed = self._generate_group(
+                    group, [faces[i] for i in indices], plan, cancelled
+                )
+                for index, request_images in zip(indices, images, strict=True):
+                    outputs[index] = EngineOutput(
+                        request_id=batch[index].request_id,
+                        images=request_images,
+                        transformer_evaluations=plans[index].evaluations(executed),
+                        steps_executed=executed,
+                        preset=plans[index].preset,
+                        note=plans[index].note,
+                    )
+            self._note_recompiles()
         return [output for output in outputs if output is not None]
 
     def warmup(self) -> None:
-        """One 1-step generation at ``warmup_size`` (compiles kernels, fills allocator caches)."""
-        side = min(self.warmup_size, self.max_side) // self.size_multiple * self.size_multiple
-        params = GenerationParams(seed=0, steps=1, true_cfg_scale=1.0, width=side, height=side)
+        """Run every served preset at every warm-up size, alone and batched, then mark warm.
+
+        Batches of one and two (and a padded one where the backend takes masks) are the graph
+        variants torch.compile specialises on; after this, ``recompiles`` counts what traffic
+        made compile again. Uncompiled, one call per preset fills allocator caches.
+        """
         face = Image.new("RGB", (64, 64), (128, 128, 128))
-        self.generate([EngineRequest("warmup", face, "warmup", "", params)])
+        sizes = [self._fit(w, h) for w, h in self.warmup_sizes] or [self._fit(1024, 1024)]
+        if not self.compiled:
+            sizes = sizes[:1]
+        for preset in self.presets.available:
+            quality = preset == QUALITY
+            for width, height in sizes:
+                params = GenerationParams(
+                    seed=0, steps=QUALITY_WARMUP_STEPS if quality else 1,
+                    true_cfg_scale=4.0 if quality else 1.0, width=width, height=height,
+                    preset=preset,
+                )  # fmt: skip
+                for prompts in self._warmup_batches():
+                    self.generate(
+                        [
+                            EngineRequest(f"warmup-{i}", face, prompt, "", params)
+                            for i, prompt in enumerate(prompts)
+                        ]
+                    )
+        self._graphs.mark_warm()
+        self._recompiles_seen = 0
+        if self.compiled:
+            logger.info("warm: %d compiled graphs", acceleration.GraphCounter.total())
 
     def close(self) -> None:
         """Drop the pipeline and return accelerator memory."""
@@ -300,6 +238,8 @@ class QwenF2PEngine(Engine):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    # -- helpers, in the order generate calls them -------------------------------------------------
 
     def _checked_face(self, request: EngineRequest) -> Image.Image:
         check_request(request, multiple_of=self.size_multiple, max_side=self.max_side)
@@ -313,10 +253,31 @@ class QwenF2PEngine(Engine):
             )
         return face
 
+    def _group_key(self, request: EngineRequest, face: Image.Image, plan: Plan) -> tuple:
+        params = request.params
+        key: tuple = (
+            plan.preset, plan.steps, plan.true_cfg_scale, params.width, params.height,
+            params.num_images, params.lora_scale, condition_size(face.size, self.condition_area),
+        )  # fmt: skip
+        if not self._padded_batches:
+            # Same condition size, so the same image tokens: equal text tokens, no mask.
+            negative = (request.negative_prompt or " ") if plan.cfg_factor == 2 else ""
+            key += (self._prompt_tokens(request.prompt), self._prompt_tokens(negative))
+        return key
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        """Text tokens of ``prompt`` in the encoder template (the condition image's aside)."""
+        with self._key_lock:
+            return len(self._key_tokenizer(self._template.format(prompt))["input_ids"])
+
     def _generate_group(
-        self, group: Sequence[EngineRequest], faces: Sequence[Image.Image]
-    ) -> list[list[Image.Image]]:
-        """One pipeline call for requests sharing a batch key; images per request.
+        self,
+        group: Sequence[EngineRequest],
+        faces: Sequence[Image.Image],
+        plan: Plan,
+        cancelled: Callable[[], bool] | None,
+    ) -> tuple[list[list[Image.Image]], int]:
+        """One pipeline call for requests sharing a plan; (images per request, steps run).
 
         Every request is repeated ``num_images`` times rather than passed with
         ``num_images_per_prompt``: upstream tiles the condition latents batch-major
@@ -326,19 +287,29 @@ class QwenF2PEngine(Engine):
         params = group[0].params
         count = params.num_images
         pipe = self.pipeline
-        cfg = params.true_cfg_scale > 1
+        if cancelled is not None and cancelled():
+            raise EngineInterrupted(group[0].request_id, 0)
+        executed = 0
+
+        def on_step_end(_pipe: Any, step: int, _t: Any, _kwargs: dict) -> dict:
+            nonlocal executed
+            executed = step + 1
+            if cancelled is not None and executed < plan.steps and cancelled():
+                raise _Cancelled(executed)
+            return {}
+
         try:
-            self._apply_lora_scale(params.lora_scale)
+            self._configure(plan, params.lora_scale)
             result = pipe(
                 image=[face for face in faces for _ in range(count)],
                 prompt=[request.prompt for request in group for _ in range(count)],
                 negative_prompt=(
                     [request.negative_prompt or " " for request in group for _ in range(count)]
-                    if cfg
+                    if plan.cfg_factor == 2
                     else None
                 ),
-                true_cfg_scale=params.true_cfg_scale,
-                num_inference_steps=params.steps,
+                true_cfg_scale=plan.true_cfg_scale,
+                num_inference_steps=plan.steps,
                 width=params.width,
                 height=params.height,
                 num_images_per_prompt=1,
@@ -349,8 +320,13 @@ class QwenF2PEngine(Engine):
                 ],
                 output_type="pil",
                 condition_area=self.condition_area,
+                callback_on_step_end=on_step_end,
             )
+        except _Cancelled as stop:
+            self._reset_hooks()
+            raise EngineInterrupted(group[0].request_id, stop.steps) from None
         except torch.OutOfMemoryError as exc:
+            self._reset_hooks()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -359,6 +335,7 @@ class QwenF2PEngine(Engine):
                 f"at {params.width}x{params.height}"
             ) from exc
         except Exception as exc:
+            self._reset_hooks()
             raise EngineError(f"{self.name}: pipeline call failed: {exc!r}") from exc
         images = [as_rgb(image) for image in result.images]
         expected = (params.width, params.height)
@@ -367,24 +344,52 @@ class QwenF2PEngine(Engine):
                 f"{self.name}: pipeline returned {[im.size for im in images]}, expected "
                 f"{len(group) * count} images of {expected}"
             )
-        return [images[i * count : (i + 1) * count] for i in range(len(group))]
+        return [images[i * count : (i + 1) * count] for i in range(len(group))], executed
 
-    def _apply_lora_scale(self, scale: float) -> None:
-        """Weight the F2P adapter by ``scale`` (Lightning stays at 1.0); no-op if unchanged."""
-        if F2P_ADAPTER not in self._adapters or scale == self._lora_scale:
-            return
-        weights: Mapping[str, float] = {LIGHTNING_ADAPTER: 1.0, F2P_ADAPTER: scale}
-        self.pipeline.set_adapters(
-            list(self._adapters), adapter_weights=[weights[name] for name in self._adapters]
-        )
-        self._lora_scale = scale
+    def _configure(self, plan: Plan, lora_scale: float) -> None:
+        """Scheduler, adapter weights and cache schedule of ``plan`` (no-ops when unchanged)."""
+        pipe = self.pipeline
+        if plan.lightning and self._lightning_scheduler is None:
+            raise EngineError(f"{self.name}: {plan.preset} needs the Lightning adapter")
+        scheduler = self._lightning_scheduler if plan.lightning else self._base_scheduler
+        if pipe.scheduler is not scheduler:
+            pipe.scheduler = scheduler
+        weights = {F2P_ADAPTER: lora_scale, LIGHTNING_ADAPTER: 1.0 if plan.lightning else 0.0}
+        wanted = tuple(weights[name] for name in self._adapters)
+        if self._adapters and wanted != self._adapter_weights:
+            pipe.set_adapters(list(self._adapters), adapter_weights=list(wanted))
+            self._adapter_weights = wanted
+        acceleration.set_cache_schedule(self._cache_hooks, plan.cache)
 
+    def _reset_hooks(self) -> None:
+        """After an aborted call: reset cache-hook state (and offload hooks) as upstream does."""
+        try:
+            self.pipeline.maybe_free_model_hooks()
+        except Exception:  # the original failure matters more than a failed cleanup
+            logger.exception("resetting the pipeline hooks failed")
 
-def loaded_adapters(config: EngineConfig) -> tuple[str, ...]:
-    """Names of the adapters ``load_pipeline(config)`` loads, in load order."""
-    names = []
-    if config.lora_path:
-        names.append(F2P_ADAPTER)
-    if config.lightning_lora_path:
-        names.append(LIGHTNING_ADAPTER)
-    return tuple(names)
+    def _note_recompiles(self) -> None:
+        recompiles = self.recompiles
+        if recompiles > self._recompiles_seen:
+            logger.warning(
+                "torch.compile made %d graph(s) after warm-up (%d in all): add the new shape to "
+                "F2P_ENGINE_WARMUP_SIZES",
+                recompiles - self._recompiles_seen,
+                recompiles,
+            )
+            self._recompiles_seen = recompiles
+
+    def _warmup_batches(self) -> list[tuple[str, ...]]:
+        batches: list[tuple[str, ...]] = [WARMUP_PROMPTS[:1]]
+        if self.compiled and self.max_batch_size >= 2:
+            batches.append((WARMUP_PROMPTS[0], WARMUP_PROMPTS[0]))
+            if self._padded_batches:
+                batches.append(WARMUP_PROMPTS)
+        return batches
+
+    def _fit(self, width: int, height: int) -> tuple[int, int]:
+        def side(value: int) -> int:
+            clamped = max(self.size_multiple, min(value, self.max_side))
+            return clamped // self.size_multiple * self.size_multiple
+
+        return side(width), side(height)

@@ -4,8 +4,9 @@ Latency model (one ``generate`` call on a batch)::
 
     service_time = seconds_per_step            # 0.3 s: one transformer pass of the 20B MMDiT
                                                #   at 1024x1024 on an H100/H200-class GPU
-                 * steps                       # num_inference_steps
-                 * (2 if true_cfg_scale > 1 else 1)   # true CFG runs the transformer twice
+                 * evaluations                 # transformer passes per image under its preset:
+                                               #   steps x 2 with true CFG; 8 for FAST, 4 (3 with
+                                               #   the TaylorSeer hook) for FASTEST (presets.py)
                  * (width * height / 1024**2)  # attention-heavy, roughly linear in pixels here
                  * n_images_total ** 0.85      # batch efficiency: 4 images cost ~3.25x one
                  * jitter                      # lognormal, sigma 0.05, mean 1
@@ -21,7 +22,9 @@ is seeded by the engine seed and the batch's request ids and seeds, so ``service
 a pure function the benchmarks can call to compute the expected duty cycle.
 
 ``generate`` first draws the images, then sleeps until ``service_time`` has passed since it
-started, so drawing counts as GPU time. Images are deterministic in (seed, image index, prompt,
+started, so drawing counts as GPU time. It sleeps in one slice per denoising step and, like the
+real engines, stops with ``EngineInterrupted`` between slices when the only request of the call
+is cancelled. Images are deterministic in (seed, image index, prompt,
 face): a two-colour gradient, the face pasted at a seeded place, a few seeded shapes. Drawing
 costs a few milliseconds at 1024x1024.
 """
@@ -45,6 +48,8 @@ from .base import (
     as_rgb,
     check_request,
 )
+from .exceptions import EngineInputError, EngineInterrupted
+from .presets import Plan, PresetTable
 
 REFERENCE_AREA = 1024 * 1024
 BATCH_EXPONENT = 0.85
@@ -74,8 +79,10 @@ class SimEngine(Engine):
         time_scale: float = 1.0,
         seed: int = 0,
         sleep: Callable[[float], None] = time.sleep,
+        presets: PresetTable | None = None,
     ) -> None:
-        self.model_info = ModelInfo(name="sim", revision="latency-model-1", lora="none")
+        self.model_info = ModelInfo(name="sim", revision="latency-model-2", lora=None)
+        self.presets = presets or PresetTable()
         self.max_batch_size = max_batch_size
         self.seconds_per_step = seconds_per_step
         self.time_scale = time_scale
@@ -102,9 +109,9 @@ class SimEngine(Engine):
         total_images = 0
         for request in batch:
             params = request.params
-            cfg_factor = 2.0 if params.true_cfg_scale > 1 else 1.0
             area_factor = params.width * params.height / REFERENCE_AREA
-            weighted_cost += params.steps * cfg_factor * area_factor * params.num_images
+            evaluations = self._plan_or_raw(request).evaluations()
+            weighted_cost += evaluations * area_factor * params.num_images
             total_images += params.num_images
         mean_cost = weighted_cost / total_images
         return (
@@ -117,25 +124,63 @@ class SimEngine(Engine):
 
     def generate(self, batch: Sequence[EngineRequest]) -> list[EngineOutput]:
         """Draw the images of ``batch``, then sleep out the rest of its service time."""
+        plans = []
         for request in batch:
             check_request(request, multiple_of=SIZE_MULTIPLE, max_side=MAX_SIDE)
+            params = request.params
+            plans.append(self.presets.plan(params.preset, params.steps, params.true_cfg_scale))
+        lone = batch[0] if len(batch) == 1 else None
         with self._lock, self._clock.timing():
             start = time.perf_counter()
             service_time = self.service_time(batch)
-            outputs = [
-                EngineOutput(
-                    request_id=request.request_id,
-                    images=[
-                        draw_image(request, index) for index in range(request.params.num_images)
-                    ],
-                )
+            steps = max((plan.steps for plan in plans), default=0)
+            if lone is not None and lone.cancelled is not None and lone.cancelled():
+                raise EngineInterrupted(lone.request_id, 0)
+            images = [
+                [draw_image(request, index) for index in range(request.params.num_images)]
                 for request in batch
             ]
+            executed = self._sleep_steps(start, service_time, steps, lone)
+        return [
+            EngineOutput(
+                request_id=request.request_id,
+                images=request_images,
+                transformer_evaluations=plan.evaluations(executed),
+                steps_executed=executed,
+                preset=plan.preset,
+                note=plan.note,
+            )
+            for request, request_images, plan in zip(batch, images, plans, strict=True)
+        ]
+
+    def _sleep_steps(
+        self, start: float, service_time: float, steps: int, lone: EngineRequest | None
+    ) -> int:
+        """Sleep until ``start + service_time`` in ``steps`` slices; the steps executed.
+
+        Slice ``i`` ends at ``start + service_time * (i + 1) / steps``; with an injected sleep
+        that does not advance the clock, each slice still sleeps its own share only.
+        """
+        reached = time.perf_counter()
+        for step in range(steps):
             if service_time > 0:
-                remaining = start + service_time - time.perf_counter()
+                target = start + service_time * (step + 1) / steps
+                remaining = target - max(time.perf_counter(), reached)
                 if remaining > 0:
                     self._sleep(remaining)
-        return outputs
+                reached = target
+            cancellable = lone is not None and lone.cancelled is not None and step + 1 < steps
+            if cancellable and lone.cancelled():  # type: ignore[union-attr]
+                raise EngineInterrupted(lone.request_id, step + 1)  # type: ignore[union-attr]
+        return steps
+
+    def _plan_or_raw(self, request: EngineRequest) -> Plan:
+        """The request's plan; for a preset this engine cannot serve, its raw steps and CFG."""
+        params = request.params
+        try:
+            return self.presets.plan(params.preset, params.steps, params.true_cfg_scale)
+        except EngineInputError:
+            return Plan("?", params.steps, params.true_cfg_scale, lightning=False, cache=None)
 
     def _jitter(self, batch: Sequence[EngineRequest]) -> float:
         """Lognormal factor with mean 1, seeded by the engine seed and the batch's identity."""
@@ -199,7 +244,11 @@ def expected_service_time(
     images: int = 1,
     seconds_per_step: float = 0.3,
 ) -> float:
-    """The latency model without jitter or time scale, for sizing benchmarks and tests."""
+    """The latency model without jitter or time scale, for sizing benchmarks and tests.
+
+    For a ``QUALITY`` request (steps and CFG as given); a Lightning preset's cost is that of its
+    own steps without CFG.
+    """
     cfg_factor = 2.0 if true_cfg_scale > 1 else 1.0
     area_factor = width * height / REFERENCE_AREA
     return seconds_per_step * steps * cfg_factor * area_factor * images**BATCH_EXPONENT

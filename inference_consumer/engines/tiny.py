@@ -6,11 +6,14 @@ special tokens; the template's system prefix encodes to 64 tokens, the number th
 as with the real tokenizer), a ``Qwen2VLProcessor`` with small min/max pixels, a 2-layer
 ``Qwen2_5_VLForConditionalGeneration``, a 2-layer ``QwenImageTransformer2DModel`` and an
 ``AutoencoderKLQwenImage`` with the real 8x spatial factor (so sizes must be multiples of 16, as
-in production). Random LoRAs in the F2P and Lightning slots are made with PEFT.
+in production), and the real scheduler config of ``Qwen/Qwen-Image-Edit`` (``schedulers.py``),
+so its sigmas are the production ones. Random LoRAs fill the F2P slot (PEFT/diffusers key
+format) and the Lightning slot (one 8-step and one 4-step file in Lightning's own
+``lora_down/lora_up/.alpha`` format with alpha = rank / 8, over every Linear kind of a block).
 
-The pipeline and LoRAs are written once per process to a temporary directory and every engine
-loads them with ``qwen.load_pipeline``, i.e. ``from_pretrained`` and ``load_lora_weights``: the
-only production code tiny does not run is the download.
+The pipeline and LoRAs are written once per process to a temporary directory in the layout of
+the hub repos, and every engine loads them with ``loading.load_pipeline``: the only production
+code tiny does not run is the download.
 
 Costs on 2 CPU cores: building the artefacts well under a second; a 2-step batch at 64x64 or
 128x128 takes a fraction of a second (the default 128*128 condition area matters: at diffusers'
@@ -32,11 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import (
-    AutoencoderKLQwenImage,
-    FlowMatchEulerDiscreteScheduler,
-    QwenImageTransformer2DModel,
-)
+from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     Qwen2_5_VLConfig,
@@ -48,16 +47,31 @@ from transformers import (
 )
 
 from .base import ModelInfo
-from .qwen import F2PQwenImageEditPipeline, QwenF2PEngine, load_pipeline, loaded_adapters
+from .loading import load_pipeline
+from .pipeline import F2PQwenImageEditPipeline
+from .qwen import QwenF2PEngine
+from .schedulers import QWEN_IMAGE_EDIT_SCHEDULER_CONFIG, make_scheduler
 
 if TYPE_CHECKING:
-    from .factory import EngineConfig
+    from .config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
 TINY_CONDITION_AREA = 128 * 128
 TINY_MAX_SIDE = 1024
 LORA_WEIGHT_NAME = "f2p_tiny_lora.safetensors"
+LIGHTNING_WEIGHT_NAMES = {
+    8: "Qwen-Image-Edit-Lightning-8steps-tiny.safetensors",
+    4: "Qwen-Image-Edit-Lightning-4steps-tiny.safetensors",
+}
+LIGHTNING_RANK = 8
+LIGHTNING_ALPHA = 1.0  # alpha/rank = 1/8: a loader that drops alphas applies it 8x too strong
+# Every Linear kind of a Qwen-Image block, as the real Lightning files cover them.
+LIGHTNING_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+    "attn.add_v_proj", "attn.to_add_out", "img_mod.1", "txt_mod.1", "img_mlp.net.0.proj",
+    "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2",
+)  # fmt: skip
 
 # Qwen2.5-VL's special tokens, in its order; the pipeline's template uses the chat and vision ones.
 SPECIAL_TOKENS = (
@@ -180,7 +194,7 @@ def build_pipeline(seed: int = 0) -> F2PQwenImageEditPipeline:
             latents_std=[1.0] * LATENT_CHANNELS,
         )
     return F2PQwenImageEditPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
+        scheduler=make_scheduler(QWEN_IMAGE_EDIT_SCHEDULER_CONFIG),
         vae=vae.eval(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -208,6 +222,27 @@ def build_lora(seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(transformer)
 
 
+def build_lightning_lora(seed: int) -> dict[str, torch.Tensor]:
+    """A random LoRA in Lightning's key format (``lora_down/lora_up/.alpha``, no prefix)."""
+    generator = torch.Generator().manual_seed(seed)
+    transformer_layers = {
+        name: module
+        for name, module in QwenImageTransformer2DModel(**TRANSFORMER_CONFIG).named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    state: dict[str, torch.Tensor] = {}
+    for block in range(TRANSFORMER_CONFIG["num_layers"]):
+        for target in LIGHTNING_TARGETS:
+            name = f"transformer_blocks.{block}.{target}"
+            layer = transformer_layers[name]
+            shape_down = (LIGHTNING_RANK, layer.in_features)
+            shape_up = (layer.out_features, LIGHTNING_RANK)
+            state[f"{name}.lora_down.weight"] = torch.randn(shape_down, generator=generator)
+            state[f"{name}.lora_up.weight"] = torch.randn(shape_up, generator=generator)
+            state[f"{name}.alpha"] = torch.tensor(LIGHTNING_ALPHA)
+    return state
+
+
 @dataclass(frozen=True)
 class TinyArtifacts:
     """Where the tiny pipeline and its LoRAs were saved, and how long building took."""
@@ -216,6 +251,10 @@ class TinyArtifacts:
     lora_dir: str
     lightning_dir: str
     build_seconds: float
+
+    def lightning_file(self, steps: int) -> str:
+        """The tiny Lightning file distilled (nominally) for ``steps`` steps."""
+        return os.path.join(self.lightning_dir, LIGHTNING_WEIGHT_NAMES[steps])
 
 
 _artifacts: dict[int, TinyArtifacts] = {}
@@ -241,9 +280,11 @@ def _save_artifacts(seed: int) -> TinyArtifacts:
     F2PQwenImageEditPipeline.save_lora_weights(
         lora_dir, transformer_lora_layers=build_lora(seed + 1), weight_name=LORA_WEIGHT_NAME
     )
-    F2PQwenImageEditPipeline.save_lora_weights(
-        lightning_dir, transformer_lora_layers=build_lora(seed + 2)
-    )
+    from safetensors.torch import save_file
+
+    os.makedirs(lightning_dir)
+    for offset, name in enumerate(LIGHTNING_WEIGHT_NAMES.values()):
+        save_file(build_lightning_lora(seed + 2 + offset), os.path.join(lightning_dir, name))
     elapsed = time.perf_counter() - start
     logger.info("built the tiny Qwen-Image-Edit pipeline in %.2f s at %s", elapsed, root)
     return TinyArtifacts(model_dir, lora_dir, lightning_dir, elapsed)
@@ -256,31 +297,53 @@ class TinyEngine(QwenF2PEngine):
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> TinyEngine:
-        """Load the tiny pipeline with ``config``'s device, batching and LoRA choices.
+        """Load the tiny pipeline with ``config``'s device, batching, LoRA and speed choices.
 
         ``model_path`` is ignored; a non-empty ``lora_path`` / a set ``lightning_lora_path``
-        select the tiny random F2P / Lightning LoRAs. On CPU the dtype is float32.
+        select the tiny random F2P / Lightning LoRAs (the 4-step file if ``lightning_steps`` is
+        4 or the path names "4steps", else the 8-step one). On CPU the dtype is float32.
         """
         artifacts = tiny_artifacts(config.seed)
+        lightning = steps = None
+        if config.lightning_lora_path:
+            named = lora_steps_hint(config.lightning_lora_path)
+            steps = config.lightning_steps or named or 8
+            lightning = artifacts.lightning_file(steps)
         load_config = dataclasses.replace(
             config,
             model_path=artifacts.model_dir,
-            lora_path=artifacts.lora_dir if config.lora_path else "",
-            lora_weight_name=LORA_WEIGHT_NAME,
-            lightning_lora_path=artifacts.lightning_dir if config.lightning_lora_path else None,
+            lora_path=os.path.join(artifacts.lora_dir, LORA_WEIGHT_NAME)
+            if config.lora_path
+            else "",
+            lora_weight_name=None,
+            lightning_lora_path=lightning,
+            lightning_weight_name=None,
+            lightning_steps=steps,
             dtype="float32" if config.device == "cpu" else config.dtype,
         )
-        adapters = loaded_adapters(load_config)
+        loaded = load_pipeline(load_config)
         return cls(
-            load_pipeline(load_config),
+            loaded.pipe,
             model_info=ModelInfo(
                 name="tiny-random-qwen-image-edit",
                 revision=f"seed-{config.seed}",
-                lora="+".join(f"tiny-random-{name}" for name in adapters) or "none",
+                lora="+".join(f"tiny-random-{name}" for name in loaded.adapters) or None,
             ),
             max_batch_size=config.max_batch_size,
             condition_area=config.condition_area or TINY_CONDITION_AREA,
             max_side=TINY_MAX_SIDE,
-            warmup_size=64,
-            adapters=adapters,
+            warmup_sizes=config.warmup_sizes or ((64, 64),),
+            adapters=loaded.adapters,
+            presets=loaded.presets,
+            lightning_scheduler=loaded.lightning_scheduler,
+            cache_hooks=loaded.cache_hooks,
+            attention_backend=config.attention_backend,
+            compiled=loaded.compiled,
         )
+
+
+def lora_steps_hint(path: str) -> int | None:
+    """4 or 8 when ``path`` names a step count ("…-4steps…"), else ``None``."""
+    from .lora import lightning_steps_from_name
+
+    return lightning_steps_from_name(path)

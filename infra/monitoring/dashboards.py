@@ -73,7 +73,8 @@ def _datasource_variable():
 
 
 def fleet_dashboard() -> dashboard.Dashboard:
-    """Throughput, latency per lane, lag, engine duty, batches, errors, transactions, admission."""
+    """Throughput, latency per lane, lag, engine duty, batches, errors, transactions, worker
+    internals (held bytes, redeliveries, producers, recompiles), admission."""
     group = 'consumergroup=~"$group"'
     return (
         dashboard.Dashboard("f2p-stream: fleet")
@@ -155,7 +156,9 @@ def fleet_dashboard() -> dashboard.Dashboard:
                         "{{outcome}}",
                     )
                 ],
-                "One transaction carries results, retries, DLQ records and input offsets.",
+                "One transaction carries results, retries, DLQ records and input offsets. "
+                "Outcomes: committed, aborted (written again), refused (records refused for "
+                "good, replaced), fatal (producer replaced, partitions rewound).",
             )
         )
         .with_row(dashboard.Row("Latency per lane"))
@@ -234,6 +237,53 @@ def fleet_dashboard() -> dashboard.Dashboard:
                 "Partitions paused by backpressure",
                 "none",
                 [("sum by (instance) (f2p_worker_paused_partitions)", "{{instance}}")],
+            )
+        )
+        .with_row(dashboard.Row("Worker internals"))
+        .with_panel(
+            _series(
+                "Bytes held between stages",
+                "bytes",
+                [("sum by (instance) (f2p_worker_held_bytes)", "{{instance}}")],
+                "Faces and images of in-flight work; over its bound the worker pauses intake.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Redelivered requests already done",
+                "reqps",
+                [
+                    (
+                        f"sum by (instance) (rate(f2p_worker_redelivered_done_total[{RATE}]))",
+                        "{{instance}}",
+                    )
+                ],
+                "Skipped because their outcome was committed before (after a rebalance or "
+                "a crash); steady non-zero means repeated redelivery.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Producers created",
+                "none",
+                [
+                    (
+                        "sum by (instance) "
+                        "(increase(f2p_worker_producers_created_total[$__range]))",
+                        "{{instance}}",
+                    )
+                ],
+                "Transactional producers per worker over the range: more than one means a "
+                "fatal error replaced it.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Engine recompiles after warm-up",
+                "none",
+                [("max by (instance) (f2p_worker_engine_recompiles)", "{{instance}}")],
+                "torch.compile graphs built after warm-up (0 when not compiled); a rising line "
+                "costs GPU time on every new shape.",
             )
         )
         .with_row(dashboard.Row("Admission"))

@@ -59,15 +59,25 @@ def _run_maven(lib: Path) -> None:
     if mvn is None:
         raise StackError("Maven (mvn) is not installed; it fetches Kafka and Apicurio")
     lib.mkdir(parents=True, exist_ok=True)
-    # Start from an empty kafka/ so a version bump in the pom leaves no old jars on the path.
-    shutil.rmtree(lib / "kafka", ignore_errors=True)
-    cmd = [mvn, "-q", "-B", "-f", str(POM_FILE), f"-Dstack.lib={lib}", "package"]
+    # Fetch into an empty kafka.new/ (a version bump must leave no old jar on the path), then
+    # swap it in with renames: a broker of another stack sharing this lib directory keeps
+    # running on the jars it opened and finds complete ones for the classes it loads later
+    # (deleting kafka/ first left a window with no jars at all).
+    fresh, old = lib / "kafka.new", lib / "kafka.old"
+    shutil.rmtree(fresh, ignore_errors=True)
+    cmd = [mvn, "-q", "-B", "-f", str(POM_FILE), f"-Dstack.lib={lib}",
+           f"-Dstack.kafka.dir={fresh}", "package"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise StackError(
             f"fetching the stack's jars from Maven Central failed ({' '.join(cmd)}):\n"
             f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
         )
+    shutil.rmtree(old, ignore_errors=True)
+    if (lib / "kafka").exists():
+        (lib / "kafka").rename(old)
+    fresh.rename(lib / "kafka")
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def find_weed() -> Path:

@@ -33,6 +33,20 @@ class ProcessRecord:
         return ticks is not None and ticks == self.start_ticks
 
 
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (R, S, T for stopped, Z...), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
+def is_paused(record: ProcessRecord) -> bool:
+    """True when our process is alive but stopped (SIGSTOP, a debugger)."""
+    return record.is_alive() and process_state(record.pid) in ("T", "t")
+
+
 def process_start_ticks(pid: int) -> int | None:
     """The process start time in clock ticks since boot, or None if no such live process."""
     try:
@@ -78,6 +92,8 @@ def stop(record: ProcessRecord, *, timeout_s: float = 20.0) -> None:
     if not record.is_alive():
         return
     _signal_group(record.pid, signal.SIGTERM)
+    # A paused (SIGSTOPped) process only acts on the SIGTERM once it runs again.
+    _signal_group(record.pid, signal.SIGCONT)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not record.is_alive():

@@ -16,6 +16,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from infra.stack.cluster import bootstrap_servers
 from infra.stack.component import Component
 from infra.stack.config import REPO_ROOT
 from infra.stack.exceptions import StackError
@@ -47,7 +48,7 @@ def _scrape_interval() -> str:
 
 
 class LagExporter(Component):
-    """``infra.monitoring.lag_exporter`` against the stack's broker."""
+    """``infra.monitoring.lag_exporter`` against the stack's Kafka node(s)."""
 
     name = "lag-exporter"
 
@@ -65,7 +66,8 @@ class LagExporter(Component):
         return [
             sys.executable,
             str(REPO_ROOT / "infra" / "monitoring" / "lag_exporter.py"),
-            f"--bootstrap=127.0.0.1:{self.config.ports.kafka}",
+            # Every node of a cluster: the exporter outlives any one broker's loss.
+            f"--bootstrap={bootstrap_servers(self.config)}",
             f"--port={self.config.ports.lag_exporter}",
             # Every group by default (tests name theirs freely; the dashboards select one).
             f"--group-regex={os.environ.get('F2P_STACK_LAG_GROUP_REGEX', '.*')}",

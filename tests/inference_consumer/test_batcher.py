@@ -1,32 +1,33 @@
-"""Unit tests of RequestBatcher: lanes in priority order, batches of equal keys, size and wait."""
+"""Unit tests of RequestBatcher: weighted lanes, batches of equal keys, size and wait."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
+from connectors.eos.records import MessageRef
 from inference_consumer.batcher import RequestBatcher
 from inference_consumer.work import WorkItem
 
-LANES = ("interactive", "batch")
+LANES = {"interactive": 16.0, "batch": 4.0}
 
 
 def item(offset: int, key: str = "a", topic: str = "t", partition: int = 0) -> WorkItem:
     """A work item whose batch key is its ``key`` (kept in the message key)."""
     return WorkItem(
-        generation=1,
-        topic=topic,
-        partition=partition,
-        offset=offset,
+        ref=MessageRef(topic, partition, offset, 1),
         key=key.encode(),
         value=b"",
         headers=[],
     )
 
 
-def batcher(max_batch_size: int = 4, max_wait_s: float = 0.0) -> RequestBatcher:
+def batcher(
+    max_batch_size: int = 4, max_wait_s: float = 0.0, lanes: dict[str, float] | None = None
+) -> RequestBatcher:
     return RequestBatcher(
-        LANES,
+        lanes or LANES,
         lambda i: i.key,
         max_batch_size=max_batch_size,
         max_wait_s=max_wait_s,
@@ -97,7 +98,8 @@ def test_companions_arriving_within_max_wait_join_the_batch() -> None:
     threading.Thread(target=later).start()
     started = time.monotonic()
     batch = b.next_batch(1.0)
-    assert offsets(batch) == [3, 0, 2]  # full at 3: no need to wait the full 2 s
+    # Full at 3 (no need to wait the full 2 s); the lane that opened the batch comes first.
+    assert offsets(batch) == [0, 2, 3]
     assert time.monotonic() - started < 1.5
     b.close()  # do not wait out the 2 s for the "other" item's companions
     assert offsets(b.next_batch(0.1)) == [1]
@@ -150,3 +152,34 @@ def test_an_unknown_lane_joins_the_last_lane() -> None:
     b.put(item(1, "b"), "batch")
     b.put(item(2, "c"), "interactive")
     assert [offsets(b.next_batch(0.1)) for _ in range(3)] == [[2], [0], [1]]
+
+
+def test_busy_lanes_share_the_engine_by_weight_and_none_starves() -> None:
+    lanes = {"interactive": 16.0, "batch": 4.0, "overquota": 1.0}
+    b = batcher(max_batch_size=1, lanes=lanes)
+    for n in range(200):
+        for lane in lanes:
+            b.put(item(n, key=f"{lane}-{n}"), lane)
+    served = Counter(b.next_batch(0.1)[0].key.decode().split("-")[0] for _ in range(210))
+    assert served["interactive"] == 160 and served["batch"] == 40 and served["overquota"] == 10
+
+
+def test_a_lane_that_was_idle_gets_no_credit_for_it() -> None:
+    b = batcher(max_batch_size=1, lanes={"interactive": 1.0, "batch": 1.0})
+    for n in range(20):
+        b.put(item(n, key=f"b{n}"), "batch")
+    for _ in range(10):
+        b.next_batch(0.1)  # the batch lane runs alone: it is owed nothing later
+    for n in range(10):
+        b.put(item(100 + n, key=f"i{n}"), "interactive")
+    order = [b.next_batch(0.1)[0].key.decode()[0] for _ in range(10)]
+    assert order.count("i") == 5, order  # equal weights: turns alternate, no burst of 10
+
+
+def test_with_no_wait_a_batch_starts_at_once_with_what_queued() -> None:
+    b = batcher(max_batch_size=4, max_wait_s=0.0)
+    b.put(item(0), "batch")
+    b.put(item(1), "batch")
+    started = time.monotonic()
+    assert offsets(b.next_batch(1.0)) == [0, 1]
+    assert time.monotonic() - started < 0.05

@@ -28,17 +28,17 @@ from chaos_support import (
     schedule_with_duplicates,
     wait_until,
 )
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.claim_check import face_ref
-from connectors.kafka import make_transactional_producer
+from connectors.kafka import make_consumer, make_transactional_producer
 from connectors.s3 import make_s3_client
 from f2p_errors import F2PError
-from inference_consumer.dedupe import DedupeEntry, DedupeState
 from infra.stack.config import load_stack_config
 from infra.stack.launcher import stack_up
 from schemas.images import make_sample_face
 from schemas.records import GenerationRequest, GenerationResult, InlineImage, Lane
+from tests.inference_consumer.conftest import CountingSimEngine, running_worker, wait_for_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -232,42 +232,44 @@ def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_dedupe_restore_waits_for_a_dead_owners_open_transaction(pipeline, unique_name):
-    """A worker killed mid-transaction leaves it open until the coordinator aborts it
-    (transaction.timeout.ms). A new owner restoring the dedupe state meanwhile must still see
-    every entry committed after that open transaction, or it redoes finished requests: the chaos
-    test caught a duplicate submission getting a second result that way (the changelog was read
-    to the last stable offset instead of to its end)."""
+def test_a_new_owner_waits_for_a_dead_owners_open_transaction(pipeline, codec, unique_name):
+    """A worker killed mid-transaction leaves its offsets (and the done offsets in their
+    metadata) pending until the coordinator aborts the transaction. The next owner of the
+    partition must not read the committed offsets before that — with read_committed the broker
+    answers UNSTABLE_OFFSET_COMMIT and the loop retries — or it could skip or redo work."""
+    from connectors.eos.offsets import encode_done
+    from connectors.kafka import make_producer
+
     t = pipeline.topics
-
-    def transactional(prefix: str, timeout_ms: int):
-        producer = make_transactional_producer(
-            pipeline,
-            unique_name(prefix),
-            transaction_timeout_ms=timeout_ms,
-            delivery_timeout_ms=timeout_ms,
+    group = unique_name("open-txn-group")
+    requests = [small_request() for _ in range(3)]
+    producer = make_producer(pipeline)
+    for request in requests:
+        value = codec.encode(t.requests_batch, request)
+        producer.produce(
+            t.requests_batch, key=request.request_id.encode(), value=value, partition=0
         )
-        producer.init_transactions(30)
-        producer.begin_transaction()
-        return producer
-
-    dead = transactional("dead-worker", 3000)  # killed after writing, before its commit
-    entry = DedupeEntry(t.requests_batch, 1, "OK").to_bytes()
-    dead.produce(t.dedupe, key=b"rid-dead", value=entry, partition=0)
-    assert dead.flush(10) == 0
-    live = transactional("live-worker", 10000)  # another lane's partition 0, committed after
-    entry = DedupeEntry(t.requests_interactive, 7, "OK").to_bytes()
-    live.produce(t.dedupe, key=b"rid-done", value=entry, partition=0)
-    live.commit_transaction(30)
-
-    state = DedupeState()
-    started = time.monotonic()
-    state.restore(pipeline, [(t.requests_interactive, 0), (t.requests_batch, 0)], timeout_s=60)
-    waited = time.monotonic() - started
-    print(f"dedupe restore waited {waited:.1f}s for the dead owner's transaction to be aborted")
-    assert state.seen(t.requests_interactive, 0, "rid-done"), "committed entry missed"
-    assert not state.seen(t.requests_batch, 0, "rid-dead"), "aborted entry loaded"
-    del dead  # only now: the producer of the "dead" worker must not abort by itself
+    assert producer.flush(30) == 0
+    # The "dead" worker: its open transaction says all three are done, then it dies.
+    consumer = make_consumer(pipeline, group)
+    dead = make_transactional_producer(
+        pipeline, unique_name("dead-worker"), transaction_timeout_ms=4000, delivery_timeout_ms=4000
+    )
+    dead.init_transactions(30)
+    dead.begin_transaction()
+    offsets = [TopicPartition(t.requests_batch, 0, 3, metadata=encode_done(3, set()))]
+    dead.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+    opened = time.time()
+    engine = CountingSimEngine()
+    with running_worker(pipeline, engine, worker_id=unique_name("heir"), group_id=group):
+        results = wait_for_results(pipeline, codec, {r.request_id for r in requests}, 60)
+    first = min(r.completed_at.timestamp() for r in results)
+    print(f"the heir waited {first - opened:.1f}s for the dead owner's transaction")
+    assert first - opened >= 3.0, "offsets were read while the dead transaction was open"
+    assert sorted(engine.seen) == sorted(r.request_id for r in requests), engine.batches
+    assert Counter(r.request_id for r in results) == Counter(r.request_id for r in requests)
+    consumer.close()
+    del dead  # only now: the "dead" worker's producer must not abort by itself
 
 
 @pytest.mark.timeout(300)

@@ -21,10 +21,10 @@ from PIL import Image
 from connectors.claim_check import face_ref
 from connectors.s3 import make_s3_client
 from connectors.topic_reader import read_to_end
-from inference_consumer.config import RetryPolicy, WorkerConfig
-from inference_consumer.engines.factory import EngineConfig, create_engine
-from inference_consumer.work import ATTEMPT_HEADER, NOT_BEFORE_HEADER, header
-from inference_consumer.worker import MAX_COMMIT_RETRIES
+from inference_consumer.config import RetryPolicy
+from inference_consumer.engines.config import EngineConfig
+from inference_consumer.engines.factory import create_engine
+from inference_consumer.headers import ATTEMPT_HEADER, NOT_BEFORE_HEADER, first
 from schemas.images import make_sample_face
 from schemas.records import GenerationRequest, ImageFormat, Lane, ResultStatus
 from tests.inference_consumer.conftest import (
@@ -151,46 +151,60 @@ def test_expired_requests_never_reach_the_engine(pipeline, codec) -> None:
     assert sorted(engine.seen) == sorted([blocker.request_id, fine.request_id])
 
 
-# -- 4. duplicates --------------------------------------------------------------------------------
+# -- 4. redeliveries after a restart ----------------------------------------------------------
 
 
-def test_duplicate_submissions_yield_one_result_even_across_a_restart(pipeline, codec) -> None:
-    twice = sample_request()
-    others = [sample_request() for _ in range(5)]
-    group = "g-dup-" + pipeline.topics.results
+class GatedS3:
+    """An S3 client whose uploads for one request_id wait for ``gate`` (others go through)."""
+
+    def __init__(self, s3, request_id: str) -> None:
+        self._s3 = s3
+        self.request_id = request_id
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def put_object(self, **kwargs):
+        if self.request_id in kwargs["Key"]:
+            self.entered.set()
+            self.gate.wait(60)
+        return self._s3.put_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+
+def test_work_done_above_the_commit_point_is_not_redone_by_the_next_owner(pipeline, codec) -> None:
+    """One request's upload hangs while later requests of its partitions finish: the commit
+    point stays at the held request and the finished ones travel in the commit metadata. A new
+    member redoes only the held request; every request has exactly one result."""
+    held = sample_request()
+    others = [sample_request() for _ in range(40)]
+    group = "g-meta-" + pipeline.topics.results
     engine = CountingSimEngine()
-    with running_worker(pipeline, engine, worker_id="dup-a", group_id=group) as worker:
-        publish(pipeline, codec, [twice, twice, *others, twice])
-        wait_for_results(pipeline, codec, {r.request_id for r in [twice, *others]})
-        wait_until(
-            lambda: metric(worker, "f2p_worker_results_total", status="DUPLICATE") == 2,
-            30,
-            "two duplicates",
-        )
-        # Again, after its result is committed: answered from the dedupe state.
-        publish(pipeline, codec, [twice])
-        wait_until(
-            lambda: metric(worker, "f2p_worker_results_total", status="DUPLICATE") == 3,
-            30,
-            "the third duplicate",
-        )
-    # A new worker (other id, same group) restores the dedupe state from the changelog.
+    with running_worker(
+        pipeline, engine, worker_id="meta-a", group_id=group, shutdown_timeout_s=0.2
+    ) as worker:
+        gated = GatedS3(worker.ctx.s3, held.request_id)
+        object.__setattr__(worker.ctx, "s3", gated)
+        publish(pipeline, codec, [held, *others])
+        assert gated.entered.wait(30)
+        wait_for_results(pipeline, codec, {r.request_id for r in others})
+        worker.stop()
+        threading.Timer(1.0, gated.gate.set).start()  # comes back after the drain bound
+    assert held.request_id not in {r.request_id for r in read_results(pipeline, codec)}
     engine_b = CountingSimEngine()
-    with running_worker(pipeline, engine_b, worker_id="dup-b", group_id=group) as worker_b:
-        sentinel = sample_request()
-        publish(pipeline, codec, [twice, sentinel])
-        wait_for_results(pipeline, codec, {sentinel.request_id})
-        wait_until(
-            lambda: metric(worker_b, "f2p_worker_results_total", status="DUPLICATE") == 1,
-            30,
-            "the duplicate after the restart",
-        )
-        assert twice.request_id not in engine_b.seen
-    results = read_results(pipeline, codec)
-    counts = Counter(r.request_id for r in results)
-    assert counts[twice.request_id] == 1
+    with running_worker(pipeline, engine_b, worker_id="meta-b", group_id=group) as worker_b:
+        [result] = [
+            r
+            for r in wait_for_results(pipeline, codec, {held.request_id})
+            if r.request_id == held.request_id
+        ]
+        assert metric(worker_b, "f2p_worker_redelivered_done_total") > 0
+    assert engine_b.seen == [held.request_id]
+    assert result.worker_id == "meta-b"
+    counts = Counter(r.request_id for r in read_results(pipeline, codec))
     assert set(counts.values()) == {1}
-    assert len(counts) == len(others) + 2
+    assert len(counts) == len(others) + 1
 
 
 # -- 5. retries -----------------------------------------------------------------------------------
@@ -210,8 +224,8 @@ def read_retry_topic(settings) -> list[tuple[str, int, int]]:
     return [
         (
             m.key().decode(),
-            int(header(m.headers(), ATTEMPT_HEADER)),
-            int(header(m.headers(), NOT_BEFORE_HEADER)),
+            int(first(m.headers(), ATTEMPT_HEADER)),
+            int(first(m.headers(), NOT_BEFORE_HEADER)),
         )
         for m in read_to_end(settings, settings.topics.retry, timeout_s=30)
     ]
@@ -399,46 +413,48 @@ def test_metrics_and_health_endpoints(pipeline, codec) -> None:
 
 @pytest.mark.parametrize(
     ("failure", "failures", "rewinds"),
-    [("abortable", 1, False), ("abortable", MAX_COMMIT_RETRIES + 1, True), ("fatal", 1, True)],
+    [("abortable", 1, False), ("abortable", 3, True), ("fatal", 1, True)],
 )
 def test_a_failed_transaction_is_retried_or_redone_after_a_rewind(
     pipeline, codec, failure, failures, rewinds
 ) -> None:
-    """Transactions with outcomes write them, then fail. An abort keeps the outcomes and commits
-    them in a new transaction; aborts beyond MAX_COMMIT_RETRIES in a row, or a fatal error (which
-    recreates the producer), rewind to the committed offsets and redo the work. Nothing of a
-    failed transaction is visible, and every request ends with exactly one result."""
-    from inference_consumer.transactions import ProducerFenced, TransactionAborted
+    """Transactions with outcomes are sent, then fail at the commit (really aborted on the
+    broker). An abort keeps the outcomes and commits them in a new transaction; three aborts in
+    a row, or a fatal error (which replaces the producer), rewind to the committed offsets and
+    redo the work. Nothing of a failed transaction is visible; every request has one result."""
+    from connectors.eos.exceptions import ProducerFenced, TransactionAborted
 
     requests = [sample_request() for _ in range(12)]
     engine = CountingSimEngine()
     with running_worker(pipeline, engine) as worker:
-        wait_until(lambda: worker.output is not None and worker.ready(), 30, "the worker")
-        output = worker.output
-        original_producer = output.producer
-        real_commit = output.commit
+        wait_until(lambda: worker.loop is not None and worker.ready(), 30, "the worker")
+        producer = worker.loop.producer
+        real_finish = producer.finish
         failed: list[int] = []
 
-        def failing_commit(batch, group_metadata) -> None:
-            if len(failed) >= failures or not batch.outcomes:
-                return real_commit(batch, group_metadata)
-            failed.append(len(batch.outcomes))
-            output.producer.begin_transaction()
-            for outcome in batch.outcomes:
-                output._produce_outcome(outcome)
-            output.producer.flush(10)
-            output.abort()
+        def failing_finish(budget_s: float) -> bool:
+            if len(failed) >= failures or not pending():
+                return real_finish(budget_s)
+            failed.append(1)
+            producer.producer.abort_transaction(10)
             if failure == "abortable":
+                producer.state = type(producer.state).READY
                 raise TransactionAborted("injected: transaction must be aborted")
+            producer.state = type(producer.state).BROKEN
             raise ProducerFenced("injected: producer fenced")
 
-        output.commit = failing_commit  # type: ignore[method-assign]
+        def pending() -> bool:
+            committing = worker.loop._committing
+            return committing is not None and bool(committing.completions)
+
+        original_producer = producer.producer
+        producer.finish = failing_finish  # type: ignore[method-assign]
         publish(pipeline, codec, requests)
         results = by_id(wait_for_results(pipeline, codec, {r.request_id for r in requests}))
         outcome = "aborted" if failure == "abortable" else "fatal"
         assert metric(worker, "f2p_worker_transactions_total", outcome=outcome) == failures
         # A fatal error replaced the producer (same transactional.id, new epoch).
-        assert (output.producer is not original_producer) == (failure == "fatal")
+        assert (producer.producer is not original_producer) == (failure == "fatal")
     assert len(failed) == failures
     assert all(r.status is ResultStatus.OK for r in results.values())
     # Redone requests reached the engine twice; retried outcomes did not; the results topic
@@ -543,13 +559,15 @@ def test_a_request_that_breaks_its_batch_does_not_take_its_batch_mates_down(
     assert {rid for rid, _, _ in read_retry_topic(pipeline)} == {doomed.request_id}
 
 
-def test_a_failure_inside_the_transaction_that_is_not_kafkas_aborts_it(pipeline, codec) -> None:
-    """Encoding a result fails (the registry is needed the first time): the open transaction is
-    aborted, the work redone, and the worker carries on."""
+def test_a_result_that_cannot_be_encoded_goes_the_retry_way_and_is_answered_once(
+    pipeline, codec
+) -> None:
+    """Encoding a result fails (the registry is needed the first time): the request is handed
+    to the retry topic as raw bytes (no registry needed) and answered on its next attempt; the
+    worker carries on."""
     requests = [sample_request() for _ in range(4)]
-    with running_worker(pipeline, CountingSimEngine()) as worker:
-        wait_until(lambda: worker.output is not None, 30, "the worker's producer")
-        real_encode = worker.output.codec.encode
+    with running_worker(pipeline, CountingSimEngine(), retry=FAST_RETRY) as worker:
+        real_encode = worker.writer.codec.encode
         failures: list[str] = []
 
         def flaky_encode(topic, record):
@@ -558,51 +576,11 @@ def test_a_failure_inside_the_transaction_that_is_not_kafkas_aborts_it(pipeline,
                 raise ConnectionError("injected: schema registry unreachable")
             return real_encode(topic, record)
 
-        worker.output.codec = type("Codec", (), {"encode": staticmethod(flaky_encode)})()
+        worker.writer.codec = type("Codec", (), {"encode": staticmethod(flaky_encode)})()
+        worker.writer.retry_delay_on_encode_failure_s = 0.1
         publish(pipeline, codec, requests)
         results = by_id(wait_for_results(pipeline, codec, {r.request_id for r in requests}))
-        assert metric(worker, "f2p_worker_transactions_total", outcome="aborted") == 1
         assert worker.healthy()
     assert failures
     assert all(r.status is ResultStatus.OK for r in results.values())
-
-
-class RecordingConsumer:
-    """Just enough of a Consumer for the rebalance callbacks, recording pause/resume calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[tuple[str, int]]]] = []
-
-    def _record(self, name: str, partitions) -> None:
-        self.calls.append((name, [(tp.topic, tp.partition) for tp in partitions]))
-
-    def incremental_assign(self, partitions) -> None:
-        self._record("assign", partitions)
-
-    def pause(self, partitions) -> None:
-        self._record("pause", partitions)
-
-    def resume(self, partitions) -> None:
-        self._record("resume", partitions)
-
-
-@pytest.mark.parametrize("full", [False, True])
-def test_newly_assigned_partitions_get_the_workers_pause_state(
-    stack_settings, monkeypatch, full
-) -> None:
-    """librdkafka keeps a partition's pause flag across unassign/assign (checked against the
-    real client): a partition revoked while paused must be resumed when it comes back to a
-    worker that is not full, and paused (and tracked) when the worker is full."""
-    from confluent_kafka import TopicPartition
-
-    from inference_consumer.worker import Worker
-
-    worker = Worker(stack_settings, WorkerConfig(worker_id="unit"), CountingSimEngine())
-    monkeypatch.setattr(worker.dedupe, "restore", lambda *args, **kwargs: 0)
-    worker.backpressure = full
-    consumer = RecordingConsumer()
-    partitions = [TopicPartition("lane", 0), TopicPartition("lane", 3)]
-    worker._on_assign(consumer, partitions)  # type: ignore[arg-type]
-    keys = [("lane", 0), ("lane", 3)]
-    assert consumer.calls == [("assign", keys), ("pause" if full else "resume", keys)]
-    assert worker.paused == (set(keys) if full else set())
+    assert len(read_retry_topic(pipeline)) == 1

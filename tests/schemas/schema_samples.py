@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
+from schemas.analytics_records import AnalyticsWindow, LatencySummary
+from schemas.control_records import ControlCommand, IngressRef, RequestState, RequestStatus
 from schemas.images import make_sample_face
 from schemas.records import (
     DeadLetter,
@@ -20,6 +22,7 @@ from schemas.records import (
     InlineImage,
     Lane,
     ModelRef,
+    Preset,
     RequestParams,
     ResultError,
     ResultImage,
@@ -74,7 +77,9 @@ def full_request() -> GenerationRequest:
         lane=Lane.BATCH,
         face=InlineImage(content_type="image/png", data=make_sample_face(64)),
         prompt="full body, red dress",
-        params=RequestParams(seed=7, lora_scale=0.7, output_format=ImageFormat.JPEG),
+        params=RequestParams(
+            seed=7, lora_scale=0.7, output_format=ImageFormat.JPEG, preset=Preset.FASTEST
+        ),
         replay_of="0b7e4d1c-2f3a-4b5c-8d9e-a0b1c2d3e4f5",
         trace_context={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
     )
@@ -107,14 +112,19 @@ def full_result() -> GenerationResult:
     return GenerationResult(
         request_id=REQUEST_ID,
         tenant_id="acme",
-        status=ResultStatus.REJECTED,
-        error=ResultError(code="PARAM_OUT_OF_RANGE", message="params.steps: must be ..."),
-        timings=StageTimings(fetch_ms=5, encode_ms=7),
+        status=ResultStatus.CANCELLED,
+        error=ResultError(code="CANCELLED", message="cancelled by acme-ops"),
+        timings=StageTimings(
+            fetch_ms=5, encode_ms=7, engine_ms=900, transformer_evaluations=6, steps_executed=3
+        ),
         worker_id="worker-1",
-        model=ModelRef(name="qwen-f2p", revision="main", lora="DiffSynth-Studio/F2P@v1"),
+        model=ModelRef(
+            name="qwen-f2p", revision="main", lora="DiffSynth-Studio/F2P@v1", preset="FAST"
+        ),
         attempt=3,
         submitted_at=T0,
         completed_at=T0 + timedelta(seconds=1),
+        attributes={"sku": "SHIRT-001", "campaign": "spring"},
     )
 
 
@@ -137,11 +147,89 @@ def full_dead_letter() -> DeadLetter:
         source_topic="f2p.requests.batch",
         source_partition=0,
         source_offset=1,
+        key=b"k" * 16,
+        value=b"\x00" * 32,
         error_code="RETRIES_EXHAUSTED",
         error_message="S3 timeout",
         attempts=5,
         failed_at=T0,
         request_id="not-even-a-uuid",
+        key_size=4096,
+        value_size=8_000_000,
+        key_sha256=SHA,
+        value_sha256=SHA,
+        truncated=True,
+        original_uri="s3://f2p-results/dlq/f2p.requests.batch/0/1",
+    )
+
+
+def v1_status() -> RequestStatus:
+    return RequestStatus(
+        request_id=REQUEST_ID, status=RequestState.RUNNING, at=T0, source="worker/worker-0"
+    )
+
+
+def full_status() -> RequestStatus:
+    return RequestStatus(
+        request_id=REQUEST_ID,
+        tenant_id="acme",
+        status=RequestState.DUPLICATE,
+        lane="interactive",
+        reason="DUPLICATE_REQUEST_ID",
+        detail="already accepted at f2p.requests.batch/3/17",
+        at=T0,
+        source="admission/admission-0",
+        duplicates=2,
+        ingress=IngressRef(topic="f2p.requests.interactive", partition=5, offset=99),
+        trace_context={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    )
+
+
+def v1_control() -> ControlCommand:
+    return ControlCommand(request_id=REQUEST_ID, issued_at=T0)
+
+
+def full_control() -> ControlCommand:
+    return ControlCommand(
+        request_id=REQUEST_ID,
+        command="cancel",
+        tenant_id="acme",
+        reason="customer closed the page",
+        issued_at=T0,
+        issued_by="storefront-gateway",
+    )
+
+
+def v1_window() -> AnalyticsWindow:
+    return AnalyticsWindow(
+        tenant_id="acme",
+        window_start=T0.replace(microsecond=0, second=0),
+        window_end=T0.replace(microsecond=0, second=10),
+        final=True,
+        count=3,
+        by_status={"OK": 2, "FAILED": 1, "EXPIRED": 0, "REJECTED": 0, "CANCELLED": 0},
+        throughput_per_s=0.3,
+        error_rate=1 / 3,
+        errors_by_code={"ENGINE_ERROR": 1},
+        latency_ms=LatencySummary(
+            count=2, sampled=2, p50=1500.0, p90=1900.0, p99=1990.0, mean=1500.0, max=2000
+        ),
+        gpu_seconds=6.5,
+        emitted_at=T0 + timedelta(seconds=12),
+    )
+
+
+def empty_window() -> AnalyticsWindow:
+    return AnalyticsWindow(
+        tenant_id="acme",
+        window_start=T0.replace(microsecond=0, second=0),
+        window_end=T0.replace(microsecond=0, second=10),
+        final=False,
+        count=0,
+        throughput_per_s=0.0,
+        error_rate=0.0,
+        gpu_seconds=0.0,
+        emitted_at=T0,
     )
 
 
@@ -149,9 +237,15 @@ V1_SAMPLES = {
     "GenerationRequest": v1_request,
     "GenerationResult": v1_result,
     "DeadLetter": v1_dead_letter,
+    "RequestStatus": v1_status,
+    "ControlCommand": v1_control,
+    "AnalyticsWindow": v1_window,
 }
 FULL_SAMPLES = {
     "GenerationRequest": full_request,
     "GenerationResult": full_result,
     "DeadLetter": full_dead_letter,
+    "RequestStatus": full_status,
+    "ControlCommand": full_control,
+    "AnalyticsWindow": empty_window,
 }

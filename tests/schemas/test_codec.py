@@ -15,7 +15,7 @@ from schema_samples import FULL_SAMPLES, V1_SAMPLES, v1_request, v1_result
 from schemas import catalog
 from schemas.codec import AvroCodec, SchemaNotRegistered, UndecodableMessage
 from schemas.records import GenerationRequest, GenerationResult
-from schemas.topics import DEFAULT_SUBJECTS, subject_for, topics_by_record
+from schemas.topics import subject_for
 
 TOPIC = "f2p.requests.batch"
 
@@ -72,7 +72,8 @@ def test_schema_ids_and_writer_schemas_are_cached(mock_registry) -> None:
     registry = CountingRegistry(mock_registry)
     codec = AvroCodec(registry, auto_register=True)
     values = [codec.encode(TOPIC, v1_request()) for _ in range(5)]
-    assert registry.calls == {"register_schema": 1}
+    # One miss, the level, the registration: then nothing more for this subject.
+    assert registry.calls == {"lookup_schema": 1, "set_compatibility": 1, "register_schema": 1}
     for value in values:
         codec.decode(TOPIC, value)
     assert "get_schema" not in registry.calls  # own schema known without a round trip
@@ -80,6 +81,21 @@ def test_schema_ids_and_writer_schemas_are_cached(mock_registry) -> None:
     for value in values:
         reader.decode(TOPIC, value)
     assert registry.calls["get_schema"] == 1
+
+
+def test_auto_registration_protects_the_subject_first(mock_registry) -> None:
+    AvroCodec(mock_registry, auto_register=True).encode(TOPIC, v1_request())
+    assert mock_registry.get_compatibility(subject_for(TOPIC)) == "FULL_TRANSITIVE"
+
+
+def test_auto_registration_leaves_a_subject_holding_the_schema_alone(mock_registry) -> None:
+    subject = subject_for(TOPIC)
+    mock_registry.register_schema(subject, Schema(catalog.schema_str("GenerationRequest"), "AVRO"))
+    mock_registry.set_compatibility(subject, "BACKWARD")  # an operator's choice
+    registry = CountingRegistry(mock_registry)
+    AvroCodec(registry, auto_register=True).encode(TOPIC, v1_request())
+    assert registry.calls == {"lookup_schema": 1}
+    assert mock_registry.get_compatibility(subject) == "BACKWARD"
 
 
 def test_not_registered_without_auto_register_says_what_to_run(mock_registry) -> None:
@@ -192,18 +208,5 @@ def test_encode_refuses_non_records(mock_registry) -> None:
         AvroCodec(mock_registry, auto_register=True).encode(TOPIC, {"not": "a record"})
 
 
-def test_default_topics() -> None:
-    assert DEFAULT_SUBJECTS == {
-        "f2p.requests.interactive": "GenerationRequest",
-        "f2p.requests.batch": "GenerationRequest",
-        "f2p.retry.v1": "GenerationRequest",
-        "f2p.results.v1": "GenerationResult",
-        "f2p.dlq.v1": "DeadLetter",
-    }
-    by_record = topics_by_record()
-    assert by_record["GenerationRequest"] == [
-        "f2p.requests.interactive",
-        "f2p.requests.batch",
-        "f2p.retry.v1",
-    ]
+def test_subject_follows_topic_name_strategy() -> None:
     assert subject_for("f2p.results.v1") == "f2p.results.v1-value"

@@ -335,3 +335,48 @@ def test_limits_are_frozen_with_the_agreed_defaults() -> None:
 
 def test_params_default_instance_is_valid() -> None:
     validate_request(dataclasses.replace(v1_request(), params=RequestParams(seed=1)))
+
+
+@pytest.mark.parametrize("preset", [None, "quality", "FAST", "fastest"])
+def test_every_preset_and_none_is_accepted(preset) -> None:
+    request = _params(preset=preset)(v1_request())
+    validate_request(request, LIMITS)
+    assert request.params.preset in (None, "QUALITY", "FAST", "FASTEST")
+
+
+def test_an_unknown_preset_names_the_field() -> None:
+    with pytest.raises(InvalidInput) as err:
+        RequestParams(preset="turbo")
+    assert (err.value.field, err.value.code) == ("params.preset", "INVALID_CHOICE")
+    request = v1_request()
+    object.__setattr__(request.params, "preset", "turbo")  # bypassing the coercion
+    with pytest.raises(InvalidInput) as err:
+        validate_request(request, LIMITS)
+    assert (err.value.field, err.value.code) == ("params.preset", "INVALID_CHOICE")
+
+
+# Lone surrogates: what undecodable argv bytes or a "\ud800" JSON escape become in Python.
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (_req(prompt="studio \udcff photo"), "prompt"),
+        (_req(negative_prompt="\ud800"), "negative_prompt"),
+        (_req(attributes={"sku": "a\udfffb"}), "attributes.sku"),
+        (_req(attributes={"s\udcffku": "v"}), "attributes key"),
+        (_req(trace_context={"traceparent": "\ud83d"}), "trace_context.traceparent"),
+    ],
+    ids=["prompt", "negative-prompt", "attribute-value", "attribute-key", "trace-context"],
+)
+def test_text_that_is_not_utf8_encodable_is_refused(mutate, field) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_request(mutate(v1_request()), LIMITS)
+    assert info.value.code == "INVALID_TEXT"
+    assert info.value.field.startswith(field)
+    assert "lone surrogate" in info.value.reason
+
+
+def test_refusals_echo_at_most_a_bounded_part_of_the_input() -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_request(dataclasses.replace(v1_request(), tenant_id="t" * 100_000), LIMITS)
+    assert info.value.code == "INVALID_TENANT"
+    assert len(str(info.value)) < 300 and "characters)" in str(info.value)

@@ -24,6 +24,7 @@ from connectors.kafka import make_consumer, make_transactional_producer
 from connectors.registry import make_registry_client
 from connectors.settings import Settings, TopicNames
 from infra.topics import apply_topics, load_topic_specs
+from schemas.analytics_records import AnalyticsWindow
 from schemas.codec import AvroCodec
 from schemas.records import GenerationResult, ModelRef, ResultError, ResultStatus, StageTimings
 
@@ -131,8 +132,10 @@ def publish(
 
 def read_analytics(
     settings: Settings, wanted: set[WindowKey], deadline: float
-) -> dict[WindowKey, dict[str, Any]]:
-    """The newest record per (tenant, window) until every wanted window is final."""
+) -> dict[WindowKey, AnalyticsWindow]:
+    """The newest record per (tenant, window) until every wanted window is final, decoded by an
+    independent codec through the registry (the processor registered AnalyticsWindow)."""
+    codec = AvroCodec(make_registry_client(settings), auto_register=False)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
@@ -141,16 +144,19 @@ def read_analytics(
         }
     )
     consumer.assign([TopicPartition(settings.topics.analytics, p, 0) for p in range(2)])
-    latest: dict[WindowKey, dict[str, Any]] = {}
+    latest: dict[WindowKey, AnalyticsWindow] = {}
     try:
         while time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            record = json.loads(message.value())
-            assert message.key().decode() == record["tenant_id"]
-            latest[(record["tenant_id"], record["window_start_ms"])] = record
-            if all(latest.get(k, {}).get("final") for k in wanted):
+            record = codec.decode(
+                message.topic(), message.value(), offset=message.offset(), expect=AnalyticsWindow
+            )
+            assert isinstance(record, AnalyticsWindow)
+            assert message.key().decode() == record.tenant_id
+            latest[(record.tenant_id, record.window_start_ms)] = record
+            if all(k in latest and latest[k].final for k in wanted):
                 break
     finally:
         consumer.close()
@@ -251,15 +257,15 @@ def test_analytics_counts_committed_results_per_tenant_and_window(
     assert set(latest) == set(expected), logs
     for key, want in expected.items():
         got = latest[key]
-        assert got["final"] is True, key
-        assert got["count"] == want["count"], key
-        assert got["by_status"] == want["by_status"], key
-        assert got["errors_by_code"] == want["errors_by_code"], key
-        assert got["throughput_per_s"] == pytest.approx(want["count"] / WINDOW_S), key
+        assert got.final is True, key
+        assert got.count == want["count"], key
+        assert got.by_status == want["by_status"], key
+        assert got.errors_by_code == want["errors_by_code"], key
+        assert got.throughput_per_s == pytest.approx(want["count"] / WINDOW_S), key
         for name in ("p50", "p90", "p99"):
-            assert got["latency_ms"][name] == pytest.approx(want[name], abs=0.01), (key, name)
-        assert got["gpu_seconds"] == pytest.approx(want["gpu_seconds"]), key
-    assert sum(r["count"] for r in latest.values()) == len(committed)
+            assert getattr(got.latency_ms, name) == pytest.approx(want[name], abs=0.01), (key, name)
+        assert got.gpu_seconds == pytest.approx(want["gpu_seconds"]), key
+    assert sum(r.count for r in latest.values()) == len(committed)
 
     stats = json.loads(stdout.decode().strip().splitlines()[-1])
     assert stats["consumed"] == len(committed) + 1  # the poison message is consumed, skipped

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import statistics
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
-    MockSchemaRegistryClient,
-)
 
 from connectors.settings import Settings, TopicNames
+from schemas.analytics_records import AnalyticsWindow, LatencySummary
 from schemas.codec import AvroCodec
 from schemas.records import GenerationResult, ModelRef, ResultError, ResultStatus, StageTimings
+from schemas.testing import InMemoryRegistry
 from streams.analytics import AnalyticsConfig, AnalyticsProcessor
 from streams.exceptions import StreamsConfigError
 from streams.windows import (
@@ -109,40 +107,36 @@ def test_aggregate_record_counts_statuses_errors_latency_and_gpu_seconds() -> No
 
     record = agg.to_record(final=True, emitted_at_ms=T0_MS + 12_000)
 
-    assert record["tenant_id"] == "acme"
-    assert record["window_start"] == "2026-09-21T14:13:20.000+00:00"
-    assert record["window_start_ms"] == T0_MS
-    assert record["window_s"] == 10.0
-    assert record["final"] is True
-    assert record["count"] == 6
-    assert record["by_status"] == {"OK": 4, "FAILED": 1, "EXPIRED": 1, "REJECTED": 0}
-    assert record["throughput_per_s"] == pytest.approx(0.6)
-    assert record["error_rate"] == pytest.approx(2 / 6, abs=1e-6)
-    assert record["errors_by_code"] == {"ENGINE_ERROR": 1, "EXPIRED": 1}
+    assert record.tenant_id == "acme"
+    assert record.window_start == datetime(2026, 9, 21, 14, 13, 20, tzinfo=UTC)
+    assert record.window_start_ms == T0_MS
+    assert record.window_end - record.window_start == timedelta(seconds=10)
+    assert record.final is True
+    assert record.count == 6
+    assert record.by_status == {"OK": 4, "FAILED": 1, "EXPIRED": 1, "REJECTED": 0, "CANCELLED": 0}
+    assert record.throughput_per_s == pytest.approx(0.6)
+    assert record.error_rate == pytest.approx(2 / 6, abs=1e-6)
+    assert record.errors_by_code == {"ENGINE_ERROR": 1, "EXPIRED": 1}
     # Latency of OK results only: the FAILED one's 60 s is not in it.
-    latency = record["latency_ms"]
-    assert latency["count"] == latency["sampled"] == 4
-    assert latency["p50"] == 2500.0
-    assert latency["p90"] == pytest.approx(3700.0)
-    assert latency["max"] == 4000
-    assert latency["mean"] == 2500.0
-    assert record["gpu_seconds"] == pytest.approx((4 * 1500 + 500) / 1000)
-    json.dumps(record)  # JSON-ready as is
+    latency = record.latency_ms
+    assert latency.count == latency.sampled == 4
+    assert latency.p50 == 2500.0
+    assert latency.p90 == pytest.approx(3700.0)
+    assert latency.max == 4000
+    assert latency.mean == 2500.0
+    assert record.gpu_seconds == pytest.approx((4 * 1500 + 500) / 1000)
+    assert record.emitted_at == datetime(2026, 9, 21, 14, 13, 32, tzinfo=UTC)
+    # What goes on the wire: the registered AnalyticsWindow schema, and back unchanged.
+    assert AnalyticsWindow.from_avro(record.to_avro()) == record
 
 
 def test_aggregate_without_ok_results_has_empty_latency() -> None:
     agg = WindowAggregate("acme", T0_MS, T0_MS + 10_000, max_samples=100)
     agg.add(result(T0_MS, status=ResultStatus.REJECTED, code="PARAM_OUT_OF_RANGE"))
-    latency = agg.to_record(final=False, emitted_at_ms=T0_MS)["latency_ms"]
-    assert latency == {
-        "count": 0,
-        "sampled": 0,
-        "p50": None,
-        "p90": None,
-        "p99": None,
-        "mean": None,
-        "max": None,
-    }
+    latency = agg.to_record(final=False, emitted_at_ms=T0_MS).latency_ms
+    assert latency == LatencySummary(
+        count=0, sampled=0, p50=None, p90=None, p99=None, mean=None, max=None
+    )
 
 
 def test_latency_sample_is_bounded_with_exact_count_mean_and_max() -> None:
@@ -152,12 +146,12 @@ def test_latency_sample_is_bounded_with_exact_count_mean_and_max() -> None:
     for v in values:
         sample.add(v)
     summary = sample.summary()
-    assert summary["count"] == 100_000
-    assert summary["sampled"] == 2_000
-    assert summary["max"] == 99_999
-    assert summary["mean"] == pytest.approx(49_999.5)
-    assert summary["p50"] == pytest.approx(50_000, rel=0.05)
-    assert summary["p99"] == pytest.approx(99_000, rel=0.02)
+    assert summary.count == 100_000
+    assert summary.sampled == 2_000
+    assert summary.max == 99_999
+    assert summary.mean == pytest.approx(49_999.5)
+    assert summary.p50 == pytest.approx(50_000, rel=0.05)
+    assert summary.p99 == pytest.approx(99_000, rel=0.02)
 
 
 # -- windows and watermark ------------------------------------------------------------------------
@@ -304,10 +298,16 @@ class FakeStream:
 
 @dataclass
 class FakeTopic:
-    sent: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    """The analytics topic: decodes what is sent with the codec, as a reader would."""
+
+    codec: AvroCodec
+    name: str
+    sent: list[tuple[bytes, AnalyticsWindow]] = field(default_factory=list)
 
     async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
-        self.sent.append((key, json.loads(value)))
+        record = self.codec.decode(self.name, value, expect=AnalyticsWindow)
+        assert isinstance(record, AnalyticsWindow)
+        self.sent.append((key, record))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -315,7 +315,7 @@ class FakeTopic:
 
 @pytest.fixture
 def codec() -> AvroCodec:
-    return AvroCodec(MockSchemaRegistryClient({"url": "mock://registry"}), auto_register=True)
+    return AvroCodec(InMemoryRegistry(), auto_register=True)
 
 
 def make_processor(codec: AvroCodec, now: float) -> tuple[AnalyticsProcessor, FakeTopic]:
@@ -327,7 +327,7 @@ def make_processor(codec: AvroCodec, now: float) -> tuple[AnalyticsProcessor, Fa
         datadir=Path("/nonexistent"),
     )
     processor = AnalyticsProcessor(config, codec, results_partitions=1, clock=lambda: now)
-    processor.out = FakeTopic()
+    processor.out = FakeTopic(codec, config.analytics_topic)
     return processor, processor.out
 
 
@@ -356,10 +356,10 @@ def test_processor_acks_a_result_only_once_its_window_is_emitted(codec: AvroCode
     assert [e.acked for e in batch] == [True, True, True, False]
     [(key, record)] = out.sent
     assert key == b"acme"
-    assert record["final"] is True
-    assert record["window_start_ms"] == T0_MS
-    assert record["by_status"]["OK"] == record["by_status"]["FAILED"] == 1
-    assert record["errors_by_code"] == {"OOM": 1}
+    assert record.final is True
+    assert record.window_start_ms == T0_MS
+    assert record.by_status["OK"] == record.by_status["FAILED"] == 1
+    assert record.errors_by_code == {"OOM": 1}
     assert processor.stats.consumed == 4
     assert processor.stats.undecodable == 1
     assert processor.stats.windows_final == 1
@@ -372,7 +372,7 @@ def test_processor_flushes_open_windows_as_non_final_without_acking(codec: AvroC
 
     asyncio.run(processor.flush_open())
 
-    assert [r["final"] for _, r in out.sent] == [False]
+    assert [r.final for _, r in out.sent] == [False]
     assert not batch[0].acked
     assert processor.stats.windows_partial == 1
 

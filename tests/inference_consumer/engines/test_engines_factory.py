@@ -22,6 +22,14 @@ VARIABLES = (
     "F2P_ENGINE_LORA_PATH",
     "F2P_ENGINE_LORA_WEIGHT_NAME",
     "F2P_ENGINE_LIGHTNING_LORA_PATH",
+    "F2P_ENGINE_LIGHTNING_WEIGHT_NAME",
+    "F2P_ENGINE_LIGHTNING_STEPS",
+    "F2P_ENGINE_PRESET",
+    "F2P_ENGINE_ATTENTION_BACKEND",
+    "F2P_ENGINE_COMPILE_BACKEND",
+    "F2P_ENGINE_WARMUP_SIZES",
+    "F2P_ENGINE_CACHE",
+    "F2P_ENGINE_QUANTIZATION",
     "F2P_ENGINE_COMPILE",
     "F2P_ENGINE_CPU_OFFLOAD",
     "F2P_ENGINE_SEED",
@@ -55,9 +63,17 @@ def test_from_env_parses_every_variable(monkeypatch: pytest.MonkeyPatch) -> None
         "F2P_ENGINE_MODEL_PATH": "/models/qwen-image-edit",
         "F2P_ENGINE_LORA_PATH": "/models/f2p",
         "F2P_ENGINE_LORA_WEIGHT_NAME": "model.safetensors",
-        "F2P_ENGINE_LIGHTNING_LORA_PATH": "owner/lightning/8steps.safetensors",
+        "F2P_ENGINE_LIGHTNING_LORA_PATH": "lightx2v/Qwen-Image-Lightning",
+        "F2P_ENGINE_LIGHTNING_WEIGHT_NAME": "Qwen-Image-Edit-Lightning-8steps-V1.0.safetensors",
+        "F2P_ENGINE_LIGHTNING_STEPS": "8",
+        "F2P_ENGINE_PRESET": "FAST",
+        "F2P_ENGINE_ATTENTION_BACKEND": "_flash_3",
+        "F2P_ENGINE_COMPILE_BACKEND": "eager",
+        "F2P_ENGINE_WARMUP_SIZES": "1024x1024, 768x1344",
+        "F2P_ENGINE_CACHE": "TaylorSeer",
+        "F2P_ENGINE_QUANTIZATION": "int8wo",
         "F2P_ENGINE_COMPILE": "yes",
-        "F2P_ENGINE_CPU_OFFLOAD": "true",
+        "F2P_ENGINE_CPU_OFFLOAD": "false",
         "F2P_ENGINE_SEED": "42",
         "F2P_SIM_TIME_SCALE": "0",
         "F2P_SIM_SECONDS_PER_STEP": "0.25",
@@ -73,9 +89,17 @@ def test_from_env_parses_every_variable(monkeypatch: pytest.MonkeyPatch) -> None
         model_path="/models/qwen-image-edit",
         lora_path="/models/f2p",
         lora_weight_name="model.safetensors",
-        lightning_lora_path="owner/lightning/8steps.safetensors",
+        lightning_lora_path="lightx2v/Qwen-Image-Lightning",
+        lightning_weight_name="Qwen-Image-Edit-Lightning-8steps-V1.0.safetensors",
+        lightning_steps=8,
+        preset="fast",
+        attention_backend="_flash_3",
+        compile_backend="eager",
+        warmup_sizes=((1024, 1024), (768, 1344)),
+        cache="taylorseer",
+        quantization="int8wo",
         compile=True,
-        cpu_offload=True,
+        cpu_offload=False,
         seed=42,
         sim_time_scale=0.0,
         sim_seconds_per_step=0.25,
@@ -115,6 +139,15 @@ def test_missing_engine_name_is_named() -> None:
         ("F2P_SIM_TIME_SCALE", "-1"),
         ("F2P_SIM_TIME_SCALE", "nan"),
         ("F2P_SIM_SECONDS_PER_STEP", "fast"),
+        ("F2P_ENGINE_LIGHTNING_STEPS", "6"),
+        ("F2P_ENGINE_LIGHTNING_STEPS", "eight"),
+        ("F2P_ENGINE_PRESET", "turbo"),
+        ("F2P_ENGINE_ATTENTION_BACKEND", "cuda-magic"),
+        ("F2P_ENGINE_COMPILE_BACKEND", "tensorrt"),
+        ("F2P_ENGINE_WARMUP_SIZES", "1024"),
+        ("F2P_ENGINE_WARMUP_SIZES", "99999x1024"),
+        ("F2P_ENGINE_CACHE", "magcache"),
+        ("F2P_ENGINE_QUANTIZATION", "int4"),
     ],
 )
 def test_invalid_variables_are_named(
@@ -136,6 +169,24 @@ def test_invalid_fields_are_named() -> None:
         EngineConfig.from_env(name="sim", turbo=True)
 
 
+def test_defaults_are_safe() -> None:
+    config = EngineConfig(name="qwen-f2p")
+    assert config.attention_backend == "native"  # SDPA: takes padded (masked) batches
+    assert (config.quantization, config.cache, config.compile) == ("none", "none", False)
+    assert config.preset is None and config.lightning_lora_path is None
+
+
+def test_quantization_with_cpu_offload_is_refused() -> None:
+    with pytest.raises(ConfigError, match="cpu_offload"):
+        EngineConfig(name="qwen-f2p", quantization="int8wo", cpu_offload=True)
+
+
+def test_sim_refuses_an_unknown_default_preset_and_serves_all_presets() -> None:
+    engine = create_engine(EngineConfig(name="sim", preset="fastest", sim_time_scale=0))
+    assert engine.presets.available == ("QUALITY", "FAST", "FASTEST")
+    assert engine.presets.default == "FASTEST"
+
+
 def test_create_sim_engine() -> None:
     engine = create_engine(
         EngineConfig(name="sim", max_batch_size=3, sim_time_scale=0, sim_seconds_per_step=0.2)
@@ -150,6 +201,7 @@ def test_sim_does_not_import_torch() -> None:
     code = (
         "import sys\n"
         "from inference_consumer.engines import EngineConfig, create_engine\n"
+        "import inference_consumer.engines.config, inference_consumer.engines.presets\n"
         "create_engine(EngineConfig(name='sim'))\n"
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules\n"
     )

@@ -23,7 +23,11 @@ from inference_consumer.engines import (
 
 torch = pytest.importorskip("torch")
 
-from inference_consumer.engines.qwen import QwenF2PEngine, split_weight_path  # noqa: E402
+from inference_consumer.engines.lora import (  # noqa: E402
+    lightning_steps_from_name,
+    resolve_weight_file,
+)
+from inference_consumer.engines.qwen import QwenF2PEngine  # noqa: E402
 
 FACE = Image.new("RGB", (64, 64), (120, 90, 80))
 
@@ -60,24 +64,69 @@ def test_missing_local_model_path_is_a_clear_load_error(offline: None, tmp_path)
 
 def test_empty_model_directory_is_a_load_error(offline: None, tmp_path) -> None:
     with pytest.raises(EngineLoadError, match=r"model_index\.json"):
-        create_engine(EngineConfig(name="qwen-f2p", model_path=str(tmp_path)))
+        create_engine(EngineConfig(name="qwen-f2p", model_path=str(tmp_path), lora_path=""))
 
 
 def test_uncached_hub_id_offline_is_a_load_error(offline: None) -> None:
     with pytest.raises(EngineLoadError, match="f2p-test-no-such-org/no-such-model"):
         create_engine(
-            EngineConfig(name="qwen-f2p", model_path="f2p-test-no-such-org/no-such-model")
+            EngineConfig(
+                name="qwen-f2p", model_path="f2p-test-no-such-org/no-such-model", lora_path=""
+            )
         )
 
 
-def test_split_weight_path() -> None:
-    assert split_weight_path("owner/repo", None) == ("owner/repo", None)
-    assert split_weight_path("owner/repo", "x.safetensors") == ("owner/repo", "x.safetensors")
-    assert split_weight_path("owner/repo/x.safetensors", None) == ("owner/repo", "x.safetensors")
-    assert split_weight_path("/loras/f2p/model.safetensors", None) == (
-        "/loras/f2p",
-        "model.safetensors",
+def test_an_uncached_lora_fails_before_the_base_weights_are_read(offline: None) -> None:
+    with pytest.raises(EngineLoadError, match="DiffSynth-Studio/Qwen-Image-Edit-F2P"):
+        create_engine(EngineConfig(name="qwen-f2p", model_path="f2p-test-no-such-org/model"))
+
+
+def test_a_local_file_needs_no_weight_name(tmp_path) -> None:
+    file = tmp_path / "f2p.safetensors"
+    file.write_bytes(b"x")
+    assert resolve_weight_file(str(file), None, adapter="f2p") == str(file)
+    with pytest.raises(EngineLoadError, match="is a file"):
+        resolve_weight_file(str(file), "other.safetensors", adapter="f2p")
+
+
+def test_a_directory_needs_an_explicit_weight_name(tmp_path) -> None:
+    """Issue 9 item 2: with two files the loaded one must not depend on the listing order."""
+    for name in ("model.safetensors", "edit_0928_lora_step40000.safetensors"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "lightning.safetensors").write_bytes(b"x")
+    with pytest.raises(EngineLoadError) as caught:
+        resolve_weight_file(str(tmp_path), None, adapter="f2p")
+    message = str(caught.value)
+    for name in ("model.safetensors", "edit_0928_lora_step40000.safetensors", "sub/lightning"):
+        assert name in message
+    chosen = resolve_weight_file(
+        str(tmp_path), "edit_0928_lora_step40000.safetensors", adapter="f2p"
     )
+    assert chosen == str(tmp_path / "edit_0928_lora_step40000.safetensors")
+    nested = resolve_weight_file(str(tmp_path), "sub/lightning.safetensors", adapter="lightning")
+    assert nested == str(tmp_path / "sub" / "lightning.safetensors")
+    for bad in ("../escape.safetensors", "/etc/passwd", "missing.safetensors"):
+        with pytest.raises(EngineLoadError):
+            resolve_weight_file(str(tmp_path), bad, adapter="f2p")
+
+
+def test_a_hub_repo_needs_a_file_unless_it_is_known(offline: None) -> None:
+    with pytest.raises(EngineLoadError, match="name the weight file"):
+        resolve_weight_file("lightx2v/Qwen-Image-Lightning", None, adapter="lightning")
+    with pytest.raises(EngineLoadError, match="already names a file"):
+        resolve_weight_file("owner/repo/x.safetensors", "y.safetensors", adapter="f2p")
+    with pytest.raises(EngineLoadError, match=r"not a \.safetensors"):
+        resolve_weight_file("owner/repo", "weights.bin", adapter="f2p")
+    # Offline and not cached: a clear load error naming the file, no network attempt.
+    with pytest.raises(EngineLoadError, match=r"model\.safetensors"):
+        resolve_weight_file("DiffSynth-Studio/Qwen-Image-Edit-F2P", None, adapter="f2p")
+
+
+def test_lightning_steps_from_the_file_name() -> None:
+    assert lightning_steps_from_name("Qwen-Image-Edit-Lightning-8steps-V1.0-bf16.safetensors") == 8
+    assert lightning_steps_from_name("a/b/Qwen-Image-Edit-Lightning-4steps-V1.0.safetensors") == 4
+    assert lightning_steps_from_name("lightning.safetensors") is None
 
 
 class FakePipeline:
@@ -95,14 +144,18 @@ class FakePipeline:
             raise self.behaviour
         return self.behaviour(kwargs)  # type: ignore[operator]
 
+    def maybe_free_model_hooks(self) -> None:
+        self.calls.append({"freed": True})
+
 
 def fake_engine(behaviour: object) -> tuple[QwenF2PEngine, FakePipeline]:
     pipe = FakePipeline(behaviour)
+    pipe.scheduler = object()
     engine = QwenF2PEngine(pipe, model_info=ModelInfo("m", "r", "l"))  # type: ignore[arg-type]
     return engine, pipe
 
 
-def request(request_id: str = "a", **changes: float) -> EngineRequest:
+def request(request_id: str = "a", **changes: object) -> EngineRequest:
     values = {"seed": 3, "steps": 4, "true_cfg_scale": 1.0, "width": 64, "height": 32}
     values.update(changes)
     return EngineRequest(request_id, FACE, "prompt", "", GenerationParams(**values))
@@ -120,10 +173,11 @@ def test_out_of_memory_is_transient() -> None:
 
 
 def test_other_pipeline_failures_are_engine_errors() -> None:
-    engine, _ = fake_engine(RuntimeError("boom"))
+    engine, pipe = fake_engine(RuntimeError("boom"))
     with pytest.raises(EngineError, match="boom") as caught:
         engine.generate([request()])
     assert not isinstance(caught.value, EngineTransientError | EngineInputError)
+    assert pipe.calls[-1] == {"freed": True}  # cache-hook state reset after an aborted call
 
 
 def test_wrong_output_shape_is_an_engine_error() -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 import pytest
 from PIL import Image
 
-from inference_consumer.engines import EngineInputError, EngineRequest, GenerationParams
+from inference_consumer.engines import (
+    EngineConfig,
+    EngineInputError,
+    EngineInterrupted,
+    EngineRequest,
+    GenerationParams,
+    create_engine,
+)
 from inference_consumer.engines.sim import SimEngine, expected_service_time
 
 FACE = Image.new("RGB", (80, 96), (200, 150, 120))
@@ -19,7 +27,7 @@ def request(
     *,
     prompt: str = "a person in a red coat",
     face: Image.Image = FACE,
-    **params: float,
+    **params: object,
 ) -> EngineRequest:
     values = {"seed": 7, "steps": 8, "true_cfg_scale": 1.0, "width": 64, "height": 48}
     values.update(params)
@@ -113,8 +121,9 @@ def test_generate_sleeps_out_the_service_time_and_counts_busy_time() -> None:
     slept: list[float] = []
     faked = SimEngine(time_scale=100, sleep=slept.append)
     faked.generate(batch)
-    assert len(slept) == 1
-    assert faked.service_time(batch) - 1.0 < slept[0] <= faked.service_time(batch)
+    assert len(slept) == 8  # one slice per denoising step, so cancellation can stop between
+    assert faked.service_time(batch) - 1.0 < sum(slept) <= faked.service_time(batch)
+    assert max(slept) - min(slept) < 0.1  # equal slices (the first one pays the drawing)
 
 
 def test_batch_key_groups_compatible_requests() -> None:
@@ -128,8 +137,84 @@ def test_batch_key_groups_compatible_requests() -> None:
         {"true_cfg_scale": 4.0},
         {"num_images": 2},
         {"lora_scale": 0.5},
+        {"preset": "FAST"},
     ):
         assert engine.batch_key(request(**change).params) != key, change
+
+
+def test_batch_key_groups_requests_clamped_to_the_same_preset() -> None:
+    engine = create_engine(EngineConfig(name="sim", preset="fast", sim_time_scale=0))
+    defaulted = engine.batch_key(request(steps=28, true_cfg_scale=4.0).params)
+    assert engine.batch_key(request(steps=8, true_cfg_scale=1.0).params) == defaulted
+    assert engine.batch_key(request(steps=8, preset="quality").params) != defaulted
+    assert engine.batch_key(request(preset="turbo").params) != defaulted  # no raise
+
+
+@pytest.mark.parametrize(
+    ("preset", "steps", "cfg", "expected_preset", "evaluations"),
+    [
+        (None, 28, 4.0, "QUALITY", 56),
+        ("quality", 50, 4.0, "QUALITY", 100),
+        ("QUALITY", 8, 1.0, "QUALITY", 8),
+        ("fast", 28, 4.0, "FAST", 8),
+        ("fastest", 28, 4.0, "FASTEST", 4),
+    ],
+)
+def test_presets_set_the_evaluations_and_the_service_time(
+    preset: str | None, steps: int, cfg: float, expected_preset: str, evaluations: int
+) -> None:
+    engine = SimEngine(time_scale=1.0, sleep=lambda _: None, presets=create_engine(
+        EngineConfig(name="sim")
+    ).presets)  # fmt: skip
+    batch = [request(preset=preset, steps=steps, true_cfg_scale=cfg, width=1024, height=1024)]
+    (output,) = engine.generate(batch)
+    assert (output.preset, output.transformer_evaluations) == (expected_preset, evaluations)
+    assert output.steps_executed == (steps if expected_preset == "QUALITY" else evaluations)
+    assert (output.note is None) == (expected_preset == "QUALITY")
+    model = expected_service_time(steps=evaluations, true_cfg_scale=1.0, width=1024, height=1024)
+    assert math.exp(-0.2) < engine.service_time(batch) / model < math.exp(0.2)
+
+
+def test_fastest_with_the_cache_hook_counts_three_evaluations() -> None:
+    engine = create_engine(EngineConfig(name="sim", cache="taylorseer", sim_time_scale=0))
+    (output,) = engine.generate([request(preset="fastest")])
+    assert (output.steps_executed, output.transformer_evaluations) == (4, 3)
+
+
+def test_a_preset_the_worker_does_not_know_fails_with_a_code() -> None:
+    with pytest.raises(EngineInputError) as caught:
+        SimEngine(time_scale=0).generate([request(preset="FAST")])  # default table: QUALITY only
+    assert (caught.value.field, caught.value.code) == ("params.preset", "PRESET_UNAVAILABLE")
+    with pytest.raises(EngineInputError) as caught:
+        SimEngine(time_scale=0).generate([request(preset="turbo")])
+    assert (caught.value.field, caught.value.code) == ("params.preset", "INVALID_PARAMETER")
+
+
+def test_a_lone_cancelled_request_stops_between_steps() -> None:
+    polls: list[int] = []
+
+    def cancelled() -> bool:
+        polls.append(1)
+        return len(polls) >= 3  # false before the start and after step 1, true after step 2
+
+    slept: list[float] = []
+    engine = SimEngine(time_scale=1000, sleep=slept.append)  # ~0.9 s slices, never really slept
+    lone = dataclasses.replace(request(steps=8), cancelled=cancelled)
+    with pytest.raises(EngineInterrupted) as caught:
+        engine.generate([lone])
+    assert caught.value.steps_executed == 2
+    assert len(slept) == 2  # the remaining six slices of service time were not spent
+
+
+def test_a_cancelled_request_in_a_batch_does_not_stop_its_batch_mates() -> None:
+    engine = SimEngine(time_scale=0)
+    cancelled = dataclasses.replace(request("a"), cancelled=lambda: True)
+    outputs = engine.generate([cancelled, request("b", seed=9)])
+    assert [(o.request_id, o.steps_executed) for o in outputs] == [("a", 8), ("b", 8)]
+
+
+def test_model_info_has_no_lora() -> None:
+    assert SimEngine().model_info.lora is None
 
 
 @pytest.mark.parametrize(

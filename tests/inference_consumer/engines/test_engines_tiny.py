@@ -20,7 +20,8 @@ from inference_consumer.engines import (
 
 torch = pytest.importorskip("torch")
 
-from inference_consumer.engines import qwen  # noqa: E402
+from inference_consumer.engines import pipeline as qwen  # noqa: E402
+from inference_consumer.engines.qwen import QwenF2PEngine  # noqa: E402
 from inference_consumer.engines.tiny import (  # noqa: E402
     TINY_CONDITION_AREA,
     TinyEngine,
@@ -226,7 +227,7 @@ def test_lightning_adapter_and_no_lora() -> None:
     out = both.generate([request("a", RED, "red", params(lora_scale=0.5, num_images=2))])
     assert [im.size for im in out[0].images] == [(64, 64), (64, 64)]
     plain = create_engine(EngineConfig(name="tiny", lora_path=""))
-    assert plain.model_info.lora == "none"
+    assert plain.model_info.lora is None
     assert plain.generate([request("a", RED, "red", params())])[0].images[0].size == (64, 64)
 
 
@@ -241,7 +242,7 @@ def test_qwen_engine_loads_a_local_model_directory() -> None:
         condition_area=TINY_CONDITION_AREA,
     )
     engine = create_engine(config)
-    assert isinstance(engine, qwen.QwenF2PEngine)
+    assert isinstance(engine, QwenF2PEngine)
     assert engine.name == "qwen-f2p"
     assert engine.model_info.revision == "local"
     assert engine.model_info.lora.endswith("f2p-lora/f2p_tiny_lora.safetensors")

@@ -1,0 +1,644 @@
+"""The poll loop of an exactly-once processor (the inference worker, admission).
+
+The loop owns the consumer and the transactional producer; only its thread touches them. Each
+``turn``: restore partitions that were just assigned or rewound, poll as much as the in-flight
+budget allows and hand each message to the ``Handler``, collect the handler's completions (from
+any thread), commit them with their offsets when there is something to commit and no
+transaction is running, and pause or resume partitions to keep the budgets.
+
+Nothing in a turn blocks without a bound: librdkafka calls that wait on the broker get short
+timeouts and are retried on the next turn (restore, producer init/abort, a commit still in
+progress), so a broker failover slows the loop down but never stops it polling, and a retriable
+error never ends the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from connectors.eos.checkpoint import Checkpoint
+from connectors.eos.exceptions import (
+    ConsumerFatal,
+    ProcessorFatal,
+    ProducerFenced,
+    ProducerWedged,
+)
+from connectors.eos.offsets import CorruptCommitMetadata, PartitionOffsets
+from connectors.eos.partition import Assignment, PartitionState, Phase
+from connectors.eos.producer import RecordRefused, TransactionAborted, TransactionalProducer
+from connectors.eos.records import TP, Completion, MessageRef
+from connectors.eos.restore import read_restore_points
+
+log = logging.getLogger(__name__)
+
+
+class Handler(Protocol):
+    """What the loop calls; every method runs on the loop's thread and must not block long."""
+
+    def handle(self, message: Any, ref: MessageRef) -> None:
+        """Take one message; call ``loop.complete`` for it now or later (from any thread)."""
+
+    def failed(self, message: Any, ref: MessageRef, error: BaseException) -> Completion:
+        """``handle`` raised (a bug): the completion that ends the message anyway."""
+
+    def forget(self, tps: list[TP]) -> None:
+        """Drop queued work of these partitions (revoked, lost or rewound)."""
+
+    def committed(self, completions: list[Completion]) -> None:
+        """These completions are committed (metrics, logs)."""
+
+    def tick(self) -> None:
+        """Called once per turn (release delayed work, say)."""
+
+    def saturated(self) -> bool:
+        """True while the handler cannot take more work (a memory budget is used up)."""
+
+    def parked(self) -> int:
+        """Messages in flight that wait for time, not work (delayed retries): not drained."""
+
+    def last_progress(self) -> float:
+        """Monotonic time of the handler's last sign of progress (an engine batch ending)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """How the loop polls, commits and bounds its work (resolved once by the component)."""
+
+    # In-flight bound (polled, not completed); all partitions pause at it, resume at half.
+    max_in_flight: int = 64
+    # Per-topic caps below max_in_flight: a backlog on a low lane cannot take every slot.
+    topic_in_flight: Mapping[str, int] = field(default_factory=dict)
+    # Offsets between a partition's commit point and its highest polled offset; its done
+    # offsets travel in the commit metadata (offsets.MAX_METADATA_WINDOW bounds this).
+    max_window: int = 4096
+    # Commit whenever there is something and no transaction runs, but at most this often.
+    commit_interval_ms: float = 5.0
+    # ... and at once when this many completions wait.
+    max_commit_completions: int = 512
+    # Aborted transactions retried with the same completions before a full rewind.
+    max_aborts_in_row: int = 2
+    # Timeouts of the librdkafka calls made on the loop's thread (retried next turn).
+    call_timeout_s: float = 2.0
+    # The first wait for commit_transaction; a commit still running continues next turn.
+    commit_wait_s: float = 5.0
+    # /healthz fails when work is waiting and nothing committed or progressed for this long.
+    stall_timeout_s: float = 300.0
+    lag_interval_s: float = 1.0
+
+
+class LoopMetrics(Protocol):
+    def transaction(self, outcome: str) -> None: ...
+    def set_assignment(self, assigned: int, paused: int, in_flight: int) -> None: ...
+    def set_lag(self, lag: int) -> None: ...
+    def redelivered(self, count: int) -> None: ...
+
+
+class _NoMetrics:
+    def transaction(self, outcome: str) -> None:
+        pass
+
+    def set_assignment(self, assigned: int, paused: int, in_flight: int) -> None:
+        pass
+
+    def set_lag(self, lag: int) -> None:
+        pass
+
+    def redelivered(self, count: int) -> None:
+        pass
+
+
+class EosLoop:
+    """Consume ``topics`` in group ``group_id`` and commit the handler's completions exactly
+    once. Construct, then ``run(stop)`` on the thread that will own the clients."""
+
+    def __init__(
+        self,
+        *,
+        topics: list[str],
+        create_consumer: Callable[[], Any],
+        producer: TransactionalProducer,
+        handler: Handler,
+        config: LoopConfig,
+        metrics: LoopMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.topics = topics
+        self._create_consumer = create_consumer
+        self.producer = producer
+        self.handler = handler
+        self.config = config
+        self.metrics = metrics or _NoMetrics()
+        self.clock = clock
+        self.assignment = Assignment()
+        self.consumer: Any = None
+        self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+        self._pending = Checkpoint()
+        self._committing: Checkpoint | None = None
+        self._aborts_in_row = 0
+        self._global_paused = False
+        self._topic_paused: set[str] = set()
+        self._last_commit = clock()
+        self._last_progress = clock()
+        self._last_turn = clock()
+        self._last_lag = float("-inf")
+        self._consumer_fatal_at = float("-inf")
+        self._restore_turn = 0
+        self.assigned_once = False
+
+    # -- thread-safe entry points for the handler's threads ----------------------------------
+
+    def complete(self, completion: Completion) -> None:
+        """Hand a message's completion to the loop (any thread)."""
+        self._completions.put(completion)
+
+    def is_current(self, ref: MessageRef) -> bool:
+        """Whether work for ``ref`` still counts (its partition was not revoked or rewound)."""
+        return self.assignment.generation(ref.tp) == ref.generation
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.consumer = self._subscribe()
+
+    def _subscribe(self) -> Any:
+        consumer = self._create_consumer()
+        consumer.subscribe(
+            self.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        return consumer
+
+    def run(self, stop: threading.Event, *, drain_timeout_s: float = 30.0) -> None:
+        """Turn until ``stop`` is set; then drain within the bound, commit and close."""
+        if self.consumer is None:
+            self.start()
+        try:
+            while not stop.is_set():
+                try:
+                    self.turn()
+                except ConsumerFatal as exc:
+                    self._replace_consumer(exc)
+            self.drain(drain_timeout_s)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Leave the group (the revoke callback commits what is complete), close the producer."""
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                self.consumer.close()
+            self.consumer = None
+        self.producer.close()
+
+    def healthy(self) -> bool:
+        """The loop turns, and work that waits is making progress."""
+        now = self.clock()
+        if now - self._last_turn > 30:
+            return False
+        waiting = self.assignment.in_flight() > self.handler.parked() or bool(self._pending)
+        progress = max(self._last_progress, self.handler.last_progress())
+        return not waiting or now - progress < self.config.stall_timeout_s
+
+    def ready(self) -> bool:
+        return self.assigned_once and self.producer.ready
+
+    # -- one turn -----------------------------------------------------------------------------
+
+    def turn(self) -> None:
+        """Restore, poll, dispatch, collect, commit, pause: one iteration of the loop."""
+        now = self._last_turn = self.clock()
+        self._restore()
+        self._poll()
+        self.handler.tick()
+        self._collect()
+        self._commit_when_due()
+        self._apply_pauses()
+        if now - self._last_lag >= self.config.lag_interval_s:
+            self._update_lag()
+
+    def _poll(self) -> None:
+        room = self.config.max_in_flight - self.assignment.in_flight()
+        busy = self.assignment.in_flight() > 0 or bool(self._pending)
+        first = self.consumer.poll(0.005 if busy else 0.05)
+        if first is None:
+            return
+        rest = self.consumer.consume(min(room - 1, 500), timeout=0) if room > 1 else []
+        redelivered = 0
+        for message in [first, *rest]:
+            redelivered += self._on_message(message)
+        if redelivered:
+            self.metrics.redelivered(redelivered)
+
+    def _on_message(self, message: Any) -> int:
+        """Dispatch one message; 1 when it was skipped as already done."""
+        error = message.error()
+        if error is not None:
+            # A fatal error reaches poll() as an event with code _FATAL and fatal() False.
+            if error.fatal() or error.code() == KafkaError._FATAL:
+                raise ConsumerFatal(f"consumer fatal error: {error}")
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+            return 0
+        state = self.assignment.get((message.topic(), message.partition()))
+        if state is None or state.phase is not Phase.ACTIVE:
+            return 0  # revoked meanwhile, or a fetch from before a rewind: delivered again
+        offset = message.offset()
+        if not state.offsets.polled(offset):
+            return 1  # done before a restart or rewind: its outputs are committed
+        ref = MessageRef(state.topic, state.partition, offset, state.generation)
+        try:
+            self.handler.handle(message, ref)
+        except Exception as exc:  # a bug in the handler must not stop the line
+            log.exception("handler failed on %s[%d]@%d", ref.topic, ref.partition, ref.offset)
+            self.complete(self.handler.failed(message, ref, exc))
+        return 0
+
+    def _collect(self) -> None:
+        """Move completions of current work into the pending checkpoint."""
+        while True:
+            try:
+                completion = self._completions.get_nowait()
+            except queue.Empty:
+                return
+            state = self.assignment.get(completion.ref.tp)
+            if state is None or state.generation != completion.ref.generation:
+                continue  # revoked or rewound meanwhile: the work will be redone
+            if not state.offsets.completed(completion.ref.offset):
+                continue  # a second completion for the same message: the first one stands
+            self._pending.add(completion)
+            self._last_progress = self.clock()
+
+    # -- the commit path ----------------------------------------------------------------------
+
+    def _commit_when_due(self) -> None:
+        if self._committing is not None:
+            self._finish(self.config.call_timeout_s)
+            return
+        if not self._pending and not self._offsets_moved():
+            return
+        elapsed_ms = (self.clock() - self._last_commit) * 1000
+        if (
+            elapsed_ms >= self.config.commit_interval_ms
+            or len(self._pending.completions) >= self.config.max_commit_completions
+        ):
+            self.commit()
+
+    def _offsets_moved(self) -> bool:
+        return any(
+            s.phase is Phase.ACTIVE
+            and (s.needs_initial_commit or s.offsets.committable() is not None)
+            for s in self.assignment
+        )
+
+    def commit(self, wait_s: float | None = None) -> bool:
+        """Write the pending completions and the moved offsets in one transaction; True when it
+        committed (or there was nothing to do).
+
+        Step 1. Make sure the producer is ready (init, abort a failed transaction, replace a
+                broken producer) — or try again next turn.
+        Step 2. Start the checkpoint: begin, produce, send offsets with the group metadata.
+        Step 3. Finish it: commit_transaction; a commit still in progress is finished on a
+                later turn (``_finish``), never abandoned.
+        """
+        self._last_commit = self.clock()
+        if self._committing is not None and not self._finish(wait_s or self.config.commit_wait_s):
+            return False
+        if not self._pending and not self._offsets_moved():
+            return True
+        # Step 1.
+        if not self.producer.prepare(self.config.call_timeout_s):
+            return False
+        checkpoint, self._pending = self._pending, Checkpoint()
+        # Step 2.
+        try:
+            started = checkpoint.start(
+                self.producer, self.assignment, self.consumer.consumer_group_metadata()
+            )
+        except Exception as exc:
+            self._failed(checkpoint, exc)
+            return False
+        if not started:
+            return True
+        self._committing = checkpoint
+        # Step 3.
+        return self._finish(wait_s or self.config.commit_wait_s)
+
+    def _finish(self, wait_s: float) -> bool:
+        checkpoint = self._committing
+        assert checkpoint is not None
+        try:
+            if not checkpoint.finish(self.producer, self.assignment, wait_s):
+                return False
+        except Exception as exc:
+            self._committing = None
+            self._failed(checkpoint, exc)
+            return False
+        self._committing = None
+        self._aborts_in_row = 0
+        self._last_progress = self.clock()
+        self.metrics.transaction("committed")
+        if checkpoint.completions:
+            self.handler.committed(checkpoint.completions)
+        return True
+
+    def _failed(self, checkpoint: Checkpoint, exc: BaseException) -> None:
+        """Sort a failed transaction: refused records are replaced and the rest written again;
+        an abort keeps the completions (a rebalance racing the commit is the usual cause, and
+        redoing GPU work would be waste) until too many in a row; a fatal producer error (or a
+        failure of ours mid-transaction) rewinds every partition to its committed state."""
+        if isinstance(exc, RecordRefused):
+            self.metrics.transaction("refused")
+            checkpoint.replace_refused(exc)
+            self._requeue(checkpoint)
+        elif isinstance(exc, TransactionAborted):
+            self.metrics.transaction("aborted")
+            self._aborts_in_row += 1
+            if self._aborts_in_row > self.config.max_aborts_in_row:
+                self._aborts_in_row = 0
+                self.rewind(f"{self.config.max_aborts_in_row + 1} aborts in a row: {exc}")
+            else:
+                self._requeue(checkpoint)
+        elif isinstance(exc, ProducerFenced):
+            self.metrics.transaction("fatal")
+            if not isinstance(exc, ProducerWedged):  # a wedged one was replaced already
+                self.producer.mark_broken()
+            self.rewind(f"producer replaced: {exc}")
+        elif isinstance(exc, ProcessorFatal):
+            raise exc
+        else:
+            # Not Kafka's (a bug, an encoding failure): nothing may be left open or half-known.
+            log.error("transaction failed: %s: %s", type(exc).__name__, exc)
+            self.metrics.transaction("fatal")
+            self.producer.mark_broken()
+            self.rewind(f"{type(exc).__name__} inside a transaction")
+
+    def _requeue(self, checkpoint: Checkpoint) -> None:
+        """Put a checkpoint's completions (of partitions still ours) back in front."""
+        keep = [
+            c
+            for c in checkpoint.completions
+            if self.assignment.generation(c.ref.tp) == c.ref.generation
+        ]
+        pending = self._pending
+        pending.completions[:0] = keep
+        pending.side_records[:0] = checkpoint.side_records
+
+    # -- restore and rewind -------------------------------------------------------------------
+
+    def rewind(self, why: str) -> None:
+        """Forget every partition's in-memory state and restore it from the committed offsets
+        (and their metadata): what the broker has is the truth again."""
+        log.warning("rewinding to the committed offsets: %s", why)
+        self._pending = Checkpoint()
+        tps = self.assignment.keys()
+        self.handler.forget(tps)
+        for tp in tps:
+            self.assignment.restart(tp).must_seek = True
+
+    def _restore(self) -> None:
+        """Read the restore point of RESTORING partitions (``restore.py``: within a budget, so a
+        partition waiting for a dead owner's transaction holds back neither the others nor the
+        loop) and make those that answered ACTIVE at their commit point."""
+        restoring = [s for s in self.assignment.restoring() if s.restore_point is None]
+        if restoring:
+            # Rotate, so that with many waiting partitions each gets its turn.
+            self._restore_turn = (self._restore_turn + 1) % len(restoring)
+            restoring = restoring[self._restore_turn :] + restoring[: self._restore_turn]
+            points, errors = read_restore_points(
+                self.consumer,
+                [s.tp for s in restoring],
+                batch_timeout_s=self.config.call_timeout_s,
+                single_timeout_s=0.2,
+                budget_s=self.config.call_timeout_s,
+                clock=self.clock,
+            )
+            for point in points:
+                state = self.assignment.get(point.tp)
+                if state is not None:
+                    state.restore_point = point
+            for tp, error in errors.items():
+                state = self.assignment.get(tp)
+                if state is not None:
+                    self._restore_failed([state], error)
+        for state in self.assignment.restoring():
+            if state.restore_point is not None:
+                self._activate(state)
+
+    def _activate(self, state: PartitionState) -> None:
+        point = state.restore_point
+        assert point is not None
+        if point.committed >= 0:
+            try:
+                state.offsets = PartitionOffsets.restored(point.committed, point.metadata)
+            except CorruptCommitMetadata as exc:
+                # Not ours to interpret: the messages above the point will be processed again.
+                log.error("%s[%d]: %s; ignoring it", state.topic, state.partition, exc)
+                state.offsets = PartitionOffsets(base=point.committed)
+        else:
+            state.offsets = PartitionOffsets(base=point.start)
+            state.needs_initial_commit = True
+        base = state.offsets.base
+        assert base is not None
+        try:
+            # Where the fetch resumes anyway after an assignment, and what a rewind needs; it
+            # also wakes librdkafka's fetcher at once (a resume alone can idle up to 1 s).
+            self.consumer.seek(TopicPartition(state.topic, state.partition, base))
+        except KafkaException as exc:
+            if state.must_seek:
+                self._restore_failed([state], exc)
+                return  # a rewind must not continue from the old position: seek next turn
+            log.debug("seek of %s[%d] deferred: %s", state.topic, state.partition, exc)
+        state.must_seek = False
+        state.phase = Phase.ACTIVE
+        state.restore_failures = 0
+
+    def _restore_failed(self, states: list[PartitionState], error: object) -> None:
+        for state in states:
+            state.restore_failures += 1
+            if state.restore_failures in (1, 10) or state.restore_failures % 100 == 0:
+                log.warning(
+                    "%s[%d]: committed offset not readable yet (%d tries): %s",
+                    state.topic,
+                    state.partition,
+                    state.restore_failures,
+                    error,
+                )
+
+    # -- rebalancing ----------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            state = self.assignment.add((tp.topic, tp.partition))
+            state.paused = True
+        consumer.incremental_assign(partitions)
+        if partitions:
+            # Paused until restored. librdkafka also keeps a pause flag across unassign/assign.
+            consumer.pause(partitions)
+        self.assigned_once = True
+        self._update_assignment_metrics()
+        log.info(
+            "partitions assigned",
+            extra={"partitions": [(p.topic, p.partition) for p in partitions]},
+        )
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Hand over what is complete (a commit bounded in time), drop the rest."""
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self._collect()
+        with contextlib.suppress(Exception):  # a failed hand-over only means redoing work
+            self.commit(wait_s=self.config.commit_wait_s)
+        self._drop(tps)
+        consumer.incremental_unassign(partitions)
+        log.info("partitions revoked", extra={"partitions": tps})
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Another member may own these already: nothing of theirs may be committed by us.
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self._drop(tps)
+        consumer.incremental_unassign(partitions)
+        log.warning("partitions lost", extra={"partitions": tps})
+
+    def _drop(self, tps: list[TP]) -> None:
+        gone = set(tps)
+        self.handler.forget(tps)
+        for tp in tps:
+            self.assignment.remove(tp)
+        self._pending.completions = [c for c in self._pending.completions if c.ref.tp not in gone]
+        self._update_assignment_metrics()
+
+    def _replace_consumer(self, exc: ConsumerFatal) -> None:
+        """Drop every partition's work, close the dead consumer and subscribe a new one.
+
+        Seen after a broker restart: a static member that rejoined after its session timed out
+        was fenced by its own new member id (FENCED_INSTANCE_ID, fatal in librdkafka). Fenced
+        again within a minute means another live process has this id: ProcessorFatal.
+        """
+        now = self.clock()
+        if now - self._consumer_fatal_at < 60:
+            raise ProcessorFatal(f"{exc} (again within 60 s: is this member id in use twice?)")
+        self._consumer_fatal_at = now
+        log.error("%s: replacing the consumer", exc)
+        self._drop(self.assignment.keys())
+        with contextlib.suppress(Exception):  # it is dead; its revoke commits nothing now
+            self.consumer.close()
+        self.consumer = self._subscribe()
+
+    # -- backpressure and lag -----------------------------------------------------------------
+
+    def _apply_pauses(self) -> None:
+        """Pause partitions that must not fetch now, resume the others (only the changes)."""
+        config = self.config
+        in_flight = self.assignment.in_flight()
+        if in_flight >= config.max_in_flight:
+            self._global_paused = True
+        elif in_flight <= config.max_in_flight // 2:
+            self._global_paused = False
+        by_topic: Counter[str] = Counter()
+        for state in self.assignment:
+            by_topic[state.topic] += state.in_flight
+        for topic, cap in config.topic_in_flight.items():
+            if by_topic[topic] >= cap:
+                self._topic_paused.add(topic)
+            elif by_topic[topic] <= cap // 2:
+                self._topic_paused.discard(topic)
+        saturated = self.handler.saturated()
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
+        paused = 0
+        for state in self.assignment:
+            wants = (
+                state.phase is not Phase.ACTIVE
+                or self._global_paused
+                or saturated
+                or state.topic in self._topic_paused
+                or state.offsets.window() >= config.max_window
+            )
+            if wants != state.paused:
+                (pause if wants else resume).append(TopicPartition(state.topic, state.partition))
+                state.paused = wants
+            paused += state.paused
+        if pause:
+            self.consumer.pause(pause)
+        if resume:
+            self.consumer.resume(resume)
+            self._wake_fetcher(resume)
+        self.metrics.set_assignment(len(self.assignment), paused, in_flight)
+
+    def _wake_fetcher(self, partitions: list[TopicPartition]) -> None:
+        """Make librdkafka fetch resumed partitions now rather than at its next wake-up (up to
+        1 s later; pause() also purged their prefetched messages). A seek to the current
+        position — where the fetch resumes anyway — wakes it at once."""
+        for tp in self.consumer.position(partitions):
+            if tp.offset < 0:
+                continue  # nothing consumed yet: the restore's seek already woke it
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as exc:  # only a wake-up: the resume stands without it
+                log.debug("seek after resume failed: %s", exc)
+
+    def _update_assignment_metrics(self) -> None:
+        self.metrics.set_assignment(
+            len(self.assignment),
+            sum(s.paused for s in self.assignment),
+            self.assignment.in_flight(),
+        )
+
+    def _update_lag(self) -> None:
+        """High watermark minus the commit point, summed (cached watermarks from fetch
+        responses: no broker round trip). Idle partitions first move their commit point past
+        what the consumer skipped (``PartitionOffsets.passed_to``)."""
+        self._last_lag = self.clock()
+        idle = [
+            TopicPartition(s.topic, s.partition)
+            for s in self.assignment
+            if s.phase is Phase.ACTIVE and not s.in_flight and not s.must_seek
+        ]
+        with contextlib.suppress(KafkaException):
+            for tp in self.consumer.position(idle) if idle else []:
+                state = self.assignment.get((tp.topic, tp.partition))
+                if state is not None and tp.offset >= 0:
+                    state.offsets.passed_to(tp.offset)
+        lag = 0
+        for state in self.assignment:
+            point = state.offsets.point()
+            if point is None:
+                continue
+            with contextlib.suppress(KafkaException):
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(state.topic, state.partition), cached=True
+                )
+                if high >= 0:
+                    lag += max(0, high - point)
+        self.metrics.set_lag(lag)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def drain(self, timeout_s: float) -> None:
+        """Graceful shutdown: no new intake; finish in-flight work within the bound; commit.
+        Parked work (delayed retries) stays uncommitted: the next owner reads it again."""
+        assignment = self.consumer.assignment()
+        with contextlib.suppress(KafkaException):
+            self.consumer.pause(assignment)
+        deadline = self.clock() + timeout_s
+        log.info("draining", extra={"in_flight": self.assignment.in_flight()})
+        while self.clock() < deadline:
+            self.handler.tick()
+            self._collect()
+            self.commit(wait_s=self.config.commit_wait_s)
+            if self.assignment.in_flight() <= self.handler.parked():
+                break
+            self.consumer.poll(0.05)  # keeps the group session and rebalances going
+        self._collect()
+        self.commit(wait_s=self.config.commit_wait_s)

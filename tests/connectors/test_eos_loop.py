@@ -1,0 +1,354 @@
+"""Unit tests of the exactly-once loop's logic against the stub cluster (no broker).
+
+Each test ends with the loop's promise read from the stub's logs: every input message has its
+output exactly once, whatever failed in between.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError
+from eos_stub import StubBroker, StubConsumer, StubProducer, kafka_exception
+
+from connectors.eos.loop import EosLoop, LoopConfig
+from connectors.eos.offsets import decode_done, encode_done
+from connectors.eos.producer import TransactionalProducer
+from connectors.eos.records import TP, Completion, MessageRef, OutputRecord
+
+IN = "in"
+OUT = "out"
+
+
+class EchoHandler:
+    """Completes each message with one output record carrying its value; ``hold`` keeps the
+    completions of chosen values back until ``release``."""
+
+    def __init__(self) -> None:
+        self.loop: EosLoop | None = None
+        self.handled: list[bytes] = []
+        self.held: dict[bytes, Completion] = {}
+        self.hold: set[bytes] = set()
+        self.forgotten: list[TP] = []
+        self.committed_count = 0
+        self.oversize: set[bytes] = set()
+
+    def handle(self, message: Any, ref: MessageRef) -> None:
+        value = message.value()
+        self.handled.append(value)
+        body = value * 1000 if value in self.oversize else value
+        completion = Completion(
+            ref,
+            [OutputRecord(OUT, body, key=message.key())],
+            fallback=lambda: [OutputRecord("dlq", b"refused:" + value)],
+        )
+        if value in self.hold:
+            self.held[value] = completion
+        else:
+            self.loop.complete(completion)
+
+    def release(self, value: bytes) -> None:
+        self.loop.complete(self.held.pop(value))
+
+    def failed(self, message: Any, ref: MessageRef, error: BaseException) -> Completion:
+        return Completion(ref, [])
+
+    def forget(self, tps: list[TP]) -> None:
+        self.forgotten.extend(tps)
+        self.held = {v: c for v, c in self.held.items() if c.ref.tp not in tps}
+
+    def committed(self, completions: list[Completion]) -> None:
+        self.committed_count += len(completions)
+
+    def tick(self) -> None:
+        pass
+
+    def saturated(self) -> bool:
+        return False
+
+    def parked(self) -> int:
+        return 0
+
+    def last_progress(self) -> float:
+        return 0.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_loop(
+    broker: StubBroker, handler: EchoHandler, **config: Any
+) -> tuple[EosLoop, StubConsumer]:
+    consumer = StubConsumer(broker, "group")
+    producer = TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1")
+    config.setdefault("commit_interval_ms", 0)
+    loop = EosLoop(
+        topics=[IN],
+        create_consumer=lambda: consumer,
+        producer=producer,
+        handler=handler,
+        config=LoopConfig(**config),
+    )
+    handler.loop = loop
+    loop.start()
+    return loop, consumer
+
+
+def run_turns(loop: EosLoop, n: int = 20) -> None:
+    for _ in range(n):
+        loop.turn()
+
+
+def outputs(broker: StubBroker, topic: str = OUT) -> Counter:
+    return Counter(m.value() for m in broker.records(topic))
+
+
+def fill(broker: StubBroker, partition: int, values: list[bytes]) -> None:
+    for v in values:
+        broker.append(IN, partition, v, key=v)
+
+
+def test_metadata_round_trip_of_done_offsets() -> None:
+    done = {105, 106, 110, 4200}
+    assert decode_done(100, encode_done(100, done)) == done
+    assert decode_done(100, encode_done(100, set())) == set()
+    assert decode_done(100, "something-else") == set()  # foreign metadata: nothing known
+
+
+def test_every_message_gets_one_output_and_offsets_reach_the_end() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a", b"b", b"c"])
+    fill(broker, 1, [b"d", b"e"])
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0), (IN, 1)])
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"a": 1, b"b": 1, b"c": 1, b"d": 1, b"e": 1})
+    assert broker.committed[("group", (IN, 0))][0] == 3
+    assert broker.committed[("group", (IN, 1))][0] == 2
+
+
+def test_done_offsets_above_the_commit_point_survive_a_crash() -> None:
+    """Completed out of order: the commit point stays at the unfinished message, the done ones
+    travel in the metadata; a new member skips them and redoes only the unfinished one."""
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"slow", b"x", b"y"])
+    handler.hold = {b"slow"}
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    run_turns(loop)
+    offset, metadata = broker.committed[("group", (IN, 0))]
+    assert offset == 0
+    assert decode_done(0, metadata) == {1, 2}
+    assert outputs(broker) == Counter({b"x": 1, b"y": 1})
+    # "kill -9": the loop is gone; another member takes over.
+    handler2 = EchoHandler()
+    loop2, consumer2 = make_loop(broker, handler2)
+    consumer2.assign([(IN, 0)])
+    run_turns(loop2)
+    assert handler2.handled == [b"slow"]
+    assert outputs(broker) == Counter({b"slow": 1, b"x": 1, b"y": 1})
+    assert broker.committed[("group", (IN, 0))] == (3, "f2p1:")
+
+
+def test_a_partition_never_committed_gets_its_start_committed_at_once() -> None:
+    """Lag must be visible before the first message is done (an autoscaler reads it)."""
+    broker, handler = StubBroker(), EchoHandler()
+    broker.append(IN, 0, b"only")
+    handler.hold = {b"only"}
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    run_turns(loop)
+    assert broker.committed[("group", (IN, 0))][0] == 0
+    assert outputs(broker) == Counter()
+
+
+def test_an_aborted_transaction_keeps_its_completions() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a", b"b"])
+    broker.fail("commit_transaction", kafka_exception(KafkaError._FAIL, abort=True))
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"a": 1, b"b": 1})
+    assert handler.handled == [b"a", b"b"]  # not redone
+
+
+@pytest.mark.parametrize("failure", ["aborts", "fatal"])
+def test_repeated_aborts_or_a_fatal_error_rewind_and_redo(failure: str) -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    loop, consumer = make_loop(broker, handler, max_aborts_in_row=2)
+    first_producer = loop.producer.producer
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 3)  # assigned, restored, start position committed
+    if failure == "aborts":
+        errors = [kafka_exception(KafkaError._FAIL, abort=True) for _ in range(3)]
+    else:
+        errors = [kafka_exception(KafkaError._FENCED, fatal=True)]
+    broker.fail("commit_transaction", *errors)
+    fill(broker, 0, [b"a", b"b", b"c"])
+    run_turns(loop, 40)
+    assert outputs(broker) == Counter({b"a": 1, b"b": 1, b"c": 1})
+    assert Counter(handler.handled)[b"a"] == 2  # redone after the rewind
+    assert (IN, 0) in handler.forgotten
+    assert (loop.producer.producer is not first_producer) == (failure == "fatal")
+
+
+def test_a_commit_that_times_out_is_finished_later_not_redone() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a"])
+    broker.fail("commit_transaction", kafka_exception(KafkaError._TIMED_OUT, retriable=True))
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"a": 1})
+    assert handler.handled == [b"a"]
+    assert loop.producer.recreated == 0
+
+
+def test_a_record_the_broker_refuses_is_replaced_by_its_fallback_and_the_line_moves_on() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    broker.max_record_bytes[OUT] = 500
+    handler.oversize = {b"big"}
+    fill(broker, 0, [b"ok1", b"big", b"ok2"])
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 40)
+    assert outputs(broker) == Counter({b"ok1": 1, b"ok2": 1})
+    assert outputs(broker, "dlq") == Counter({b"refused:big": 1})
+    assert broker.committed[("group", (IN, 0))][0] == 3
+
+
+def test_restore_is_retried_while_the_committed_offsets_are_not_readable() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a"])
+    timeouts = [kafka_exception(KafkaError._TIMED_OUT, retriable=True) for _ in range(3)]
+    broker.fail("committed", *timeouts)
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    loop.turn()
+    assert handler.handled == []  # paused while restoring
+    assert (IN, 0) in consumer.paused
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"a": 1})
+
+
+def test_revoke_commits_what_is_complete_and_late_completions_are_dropped() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"done", b"late"])
+    handler.hold = {b"late"}
+    loop, consumer = make_loop(broker, handler, commit_interval_ms=10_000)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 3)
+    held = handler.held[b"late"]
+    consumer.revoke([(IN, 0)])
+    loop.turn()
+    assert outputs(broker) == Counter({b"done": 1})
+    loop.complete(held)  # the engine finished after the revoke: stale
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"done": 1})
+    assert broker.committed[("group", (IN, 0))][0] == 1
+
+
+def test_lost_partitions_commit_nothing() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a"])
+    loop, consumer = make_loop(broker, handler, commit_interval_ms=10_000)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 3)
+    consumer.lose([(IN, 0)])
+    run_turns(loop, 3)
+    assert outputs(broker) == Counter()
+
+
+def test_in_flight_caps_pause_partitions_and_release_them() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    values = [f"v{i}".encode() for i in range(20)]
+    fill(broker, 0, values)
+    handler.hold = set(values)
+    loop, consumer = make_loop(broker, handler, max_in_flight=8)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 10)
+    assert len(handler.handled) <= 8 + 1
+    assert (IN, 0) in consumer.paused
+    for v in list(handler.held):
+        handler.release(v)
+    handler.hold = set()
+    run_turns(loop, 20)
+    assert outputs(broker) == Counter(dict.fromkeys(values, 1))
+
+
+def test_the_window_cap_pauses_a_partition_behind_a_stuck_message() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    values = [b"stuck"] + [f"v{i}".encode() for i in range(30)]
+    fill(broker, 0, values)
+    handler.hold = {b"stuck"}
+    loop, consumer = make_loop(broker, handler, max_window=10, max_in_flight=5)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 30)
+    # The window is checked between polls: one poll (at most max_in_flight) may overshoot it.
+    assert 10 <= len(handler.handled) <= 10 + 5
+    assert (IN, 0) in consumer.paused
+    offset, metadata = broker.committed[("group", (IN, 0))]
+    assert offset == 0 and len(decode_done(0, metadata)) == len(handler.handled) - 1
+
+
+def test_health_fails_when_waiting_work_makes_no_progress() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"stuck"])
+    handler.hold = {b"stuck"}
+    clock = Clock()
+    consumer = StubConsumer(broker, "group")
+    loop = EosLoop(
+        topics=[IN],
+        create_consumer=lambda: consumer,
+        producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t"),
+        handler=handler,
+        config=LoopConfig(stall_timeout_s=60, commit_interval_ms=0),
+        clock=clock,
+    )
+    handler.loop = loop
+    loop.start()
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 5)
+    assert loop.healthy()
+    clock.now += 61
+    loop.turn()
+    assert not loop.healthy()
+    handler.release(b"stuck")
+    loop.turn()
+    assert loop.healthy()
+
+
+def test_run_drains_and_closes_on_stop() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a", b"b"])
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    stop = threading.Event()
+    run_turns(loop, 5)
+    stop.set()
+    loop.run(stop, drain_timeout_s=1)
+    assert consumer.closed
+    assert outputs(broker) == Counter({b"a": 1, b"b": 1})
+
+
+def test_an_idle_partition_is_committed_past_trailing_transaction_markers() -> None:
+    """Input written in transactions ends in a commit marker the consumer skips: committing
+    "last processed + 1" would leave a lag of 1 for ever (a lag-based autoscaler never sees 0)."""
+    broker, handler = StubBroker(), EchoHandler()
+    broker.append(IN, 0, b"a")
+    broker.logs[(IN, 0)].append(None)  # the marker of the transaction that wrote "a"
+    loop, consumer = make_loop(broker, handler, lag_interval_s=0)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 5)
+    consumer.poll()  # the stub moves its position past the marker on the next fetch
+    run_turns(loop, 5)
+    assert broker.committed[("group", (IN, 0))][0] == 2
