@@ -7,13 +7,46 @@ BIN    := $(VENV)/bin
 # Re-install only when the dependency list changes.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint format bench stack-up stack-down java-example clean
+# Binaries the tests need besides Python packages, fetched once into .tools/ (see `tools`).
+TOOLS      := .tools
+KUSTOMIZE_VERSION := v5.7.1
+KUSTOMIZE  := $(TOOLS)/bin/kustomize
+PROMETHEUS := $(TOOLS)/prometheus/usr/bin/prometheus
 
-demo: $(INSTALLED)  ## The main job: stack up, tiny workers, publish, wait, summary.
+.PHONY: demo test lint format bench stack-up stack-down java-example clean tools generate
+
+demo: $(INSTALLED) tools  ## The main job: stack up, tiny workers, publish, wait, summary.
 	$(BIN)/f2p demo
 
-test: $(INSTALLED) lint  ## Lint, then the whole test suite against the real embedded stack.
+test: $(INSTALLED) tools lint  ## Lint, then the whole test suite against the real embedded stack.
 	$(BIN)/pytest
+
+# kustomize renders infra/k8s in the tests (the real one, not a look-alike: strategic-merge
+# patches and generators behave as on a cluster); built once from the Go module proxy (~1 min).
+# Prometheus and promtool (rule unit tests, the embedded monitoring) come from Debian's package,
+# unpacked here: no system install.
+tools: $(KUSTOMIZE) $(PROMETHEUS)
+
+$(KUSTOMIZE):
+	GOTOOLCHAIN=local GOBIN=$(abspath $(TOOLS)/bin) \
+		go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(PROMETHEUS):
+	mkdir -p $(TOOLS)/deb
+	cd $(TOOLS)/deb && rm -f prometheus_*.deb && \
+		{ apt-get download prometheus 2>/dev/null || \
+		  { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg-deb -x $(TOOLS)/deb/prometheus_*.deb $(TOOLS)/prometheus
+	test -x $@ && touch $@
+
+# Regenerate the committed files derived from code: Strimzi topics (infra/topics.toml), the
+# PrometheusRule (infra/monitoring/rules.yml) and the Grafana dashboards. A test fails when
+# they are stale.
+generate: $(INSTALLED)
+	$(BIN)/f2p topics render --format strimzi -o infra/k8s/overlays/dev/kafka-topics.yaml
+	$(BIN)/f2p topics render --format strimzi --profile production \
+		-o infra/k8s/overlays/production/kafka-topics.yaml
+	$(BIN)/f2p monitoring render
 
 lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
@@ -52,4 +85,4 @@ $(INSTALLED): pyproject.toml
 
 clean:
 	-$(BIN)/f2p stack down
-	rm -rf $(VENV) .stack .pytest_cache .ruff_cache
+	rm -rf $(VENV) .stack .tools .pytest_cache .ruff_cache

@@ -45,6 +45,8 @@ _COMMANDS = (
     ("inference_consumer.cli", "demo_cmd"),
     ("benchmarks.cli", "bench_cmd"),
     ("streams.cli", "streams_cmd"),
+    ("infra.cli", "capacity_cmd"),
+    ("infra.cli", "monitoring_group"),
 )
 
 

@@ -39,7 +39,13 @@ def stack_group() -> None:
     help="Kafka nodes (combined broker+controller). Default: $F2P_STACK_BROKERS, else what the "
     "state directory already holds, else 1. 3 gives replication 3 and min.insync 2.",
 )
-def stack_up_cmd(brokers: int | None) -> None:
+@click.option(
+    "--monitoring",
+    is_flag=True,
+    help="Also start Prometheus (rules of infra/monitoring) and the consumer-lag exporter; "
+    "processes are scraped once registered under <stack dir>/monitoring/targets.",
+)
+def stack_up_cmd(brokers: int | None, monitoring: bool) -> None:
     """Start whatever is not running yet and wait until every component is ready.
 
     Idempotent: running parts are left alone, dead ones (kill -9, reboot) restarted, a paused
@@ -47,10 +53,10 @@ def stack_up_cmd(brokers: int | None) -> None:
     """
     started = time.monotonic()
     config = load_stack_config(brokers=brokers)
-    report = stack_up(config)
+    report = stack_up(config, optional=("monitoring",) if monitoring else ())
     for name, action in report.actions.items():
         ready = report.ready_after_s.get(name)
-        click.echo(f"{name:9} {action}" + (f" (ready after {ready:.1f} s)" if ready else ""))
+        click.echo(f"{name:12} {action}" + (f" (ready after {ready:.1f} s)" if ready else ""))
     if report.cluster_ready_after_s is not None:
         took = report.cluster_ready_after_s
         click.echo(f"cluster   {config.brokers} brokers serving {took:.1f} s after the nodes")
@@ -58,6 +64,9 @@ def stack_up_cmd(brokers: int | None) -> None:
     click.echo(f"bootstrap servers: {status['bootstrap_servers']}")
     click.echo(f"S3 endpoint:       {status['s3']['endpoint_url']}")
     click.echo(f"schema registry:   {status['registry_url']}")
+    if "prometheus" in status["components"]:
+        prom = status["components"]["prometheus"]
+        click.echo(f"prometheus:        {prom['endpoint']} (targets: {prom['targets']})")
     click.echo(f"stack up in {time.monotonic() - started:.1f} s")
 
 
@@ -81,7 +90,7 @@ def stack_status_cmd(as_json: bool) -> None:
             health = "healthy" if comp["healthy"] else "NOT healthy"
             pid = f"pid {comp['pid']}" if comp.get("pid") else ""
             click.echo(
-                f"{name:9} {comp['state']:20} {health:12} {pid:10} {comp.get('endpoint') or ''}"
+                f"{name:12} {comp['state']:20} {health:12} {pid:10} {comp.get('endpoint') or ''}"
             )
     raise SystemExit(0 if status["healthy"] else 1)
 
@@ -171,6 +180,36 @@ def _register_schemas(settings: Settings, specs: list[TopicSpec]) -> None:
         click.echo(f"schema registered  {subject} (id {schema_id}, FULL_TRANSITIVE)")
 
 
+@topics_group.command("render")
+@_profile
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["strimzi"]),
+    required=True,
+    help="strimzi: KafkaTopic resources for the Strimzi Topic Operator.",
+)
+@click.option("--cluster", default="f2p", show_default=True, help="Strimzi Kafka cluster name.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write here instead of standard output.",
+)
+def topics_render_cmd(profile: str | None, fmt: str, cluster: str, output: str | None) -> None:
+    """Render infra/topics.toml as Kubernetes resources (committed under infra/k8s)."""
+    from infra.strimzi import render_topics
+
+    text = render_topics(profile, cluster=cluster)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w") as out:
+            out.write(text)
+        click.echo(f"wrote {output}")
+
+
 @topics_group.command("list")
 @_profile
 @_suffix
@@ -247,3 +286,95 @@ def kafka_cmd(tool: str, args: tuple[str, ...]) -> None:
     )  # fmt: skip
     # Replace this process: the tool owns the terminal, its signals and its exit code.
     os.execv(argv[0], argv)
+
+
+@click.command("capacity")
+@click.option("--qps", type=float, required=True, help="Target load, requests per second.")
+@click.option(
+    "--preset",
+    type=click.Choice(["quality", "fast", "fastest"]),
+    default="fast",
+    show_default=True,
+    help="quality: 50 steps + CFG; fast: Lightning 8 steps; fastest: Lightning 4 steps.",
+)
+@click.option("--size", default="1024x1024", show_default=True, help="Output WIDTHxHEIGHT.")
+@click.option("--max-batch", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--max-load",
+    type=click.FloatRange(0.05, 0.99),
+    default=0.8,
+    show_default=True,
+    help="Highest load of the busiest GPU, as a share of its capacity at full batches.",
+)
+@click.option("--p99-slo", type=click.FloatRange(0.01, 86_400), help="End-to-end P99 target, s.")
+@click.option(
+    "--partitions", type=click.IntRange(1, 100_000), help="Partitions per lane (default: = GPUs)."
+)
+@click.option(
+    "--seconds-per-step",
+    type=click.FloatRange(0.001, 100),
+    default=0.3,
+    show_default=True,
+    help="One transformer pass at 1024x1024 (the sim engine's calibration).",
+)
+@click.option("--overhead-ms", type=click.FloatRange(0, 60_000), default=25.0, show_default=True)
+@click.option("--max-in-flight", type=click.IntRange(1, 100_000), help="Default: 2 batches.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def capacity_cmd(
+    qps: float,
+    preset: str,
+    size: str,
+    max_batch: int,
+    max_load: float,
+    p99_slo: float | None,
+    partitions: int | None,
+    seconds_per_step: float,
+    overhead_ms: float,
+    max_in_flight: int | None,
+    as_json: bool,
+) -> None:
+    """GPUs, partitions, KEDA thresholds, queue wait and P99 for a target load (infra/capacity.py).
+
+    Each GPU is one bulk-service queue (its partitions' traffic, batches of up to --max-batch)
+    with the sim engine's latency model; see the module docstring for the why.
+    """
+    from infra.capacity import format_plan, parse_size, plan_capacity
+
+    width, height = parse_size(size)
+    plan = plan_capacity(
+        qps,
+        preset,
+        width,
+        height,
+        max_batch=max_batch,
+        seconds_per_step=seconds_per_step,
+        max_load=max_load,
+        p99_slo_s=p99_slo,
+        partitions=partitions,
+        overhead_s=overhead_ms / 1000,
+        max_in_flight=max_in_flight,
+    )
+    click.echo(json.dumps(plan.as_dict(), indent=2) if as_json else format_plan(plan))
+
+
+@click.group("monitoring")
+def monitoring_group() -> None:
+    """Prometheus rules and Grafana dashboards as code (infra/monitoring)."""
+
+
+@monitoring_group.command("render")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a file is stale.")
+def monitoring_render_cmd(check: bool) -> None:
+    """Write the PrometheusRule and the dashboards' JSON under infra/k8s/base/monitoring."""
+    from infra.monitoring.render import stale_files, write_generated
+
+    if check:
+        stale = stale_files()
+        for path in stale:
+            click.echo(f"stale: {path}")
+        raise SystemExit(1 if stale else 0)
+    written = write_generated()
+    for path in written:
+        click.echo(f"wrote {path}")
+    if not written:
+        click.echo("up to date")

@@ -85,6 +85,7 @@ from connectors.settings import Settings, TopicNames
 from schemas.codec import AvroCodec
 from schemas.exceptions import UndecodableMessage
 from schemas.records import GenerationResult
+from streams.analytics_metrics import AnalyticsMetrics, serve_metrics
 from streams.app import BoundedWorker, make_app, quiet_faust_logging
 from streams.exceptions import StreamsConfigError, StreamsError
 from streams.windows import ClosedWindow, TumblingWindows, WindowAggregate, WindowPolicy
@@ -108,6 +109,9 @@ class AnalyticsConfig:
     duration_s: float | None = None
     # How often windows are checked for closing when no record arrives.
     tick_s: float = 0.5
+    # Per-tenant Prometheus metrics on /metrics (streams/analytics_metrics.py); 0: none.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_settings(
@@ -119,6 +123,8 @@ class AnalyticsConfig:
         app_id: str | None = None,
         replication_factor: int | None = None,
         duration_s: float | None = None,
+        metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
     ) -> AnalyticsConfig:
         """Topics from ``settings`` (suffix included); the app id defaults to
         ``f2p-analytics<suffix>``, internal topics' replication to 1 on the embedded stack and
@@ -135,6 +141,8 @@ class AnalyticsConfig:
             replication_factor=replication_factor or (1 if settings.embedded else 3),
             duration_s=duration_s,
             tick_s=min(0.5, policy.window_s / 4),
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
 
 
@@ -183,8 +191,10 @@ class AnalyticsProcessor:
         results_partitions: int,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: AnalyticsMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or AnalyticsMetrics()
         self.codec = codec
         self.results_partitions = results_partitions
         self.clock = clock
@@ -211,6 +221,7 @@ class AnalyticsProcessor:
             self.stats.first_record_at = self.stats.first_record_at or now
             self.stats.last_record_at = now
             self.stats.consumed += 1
+            self.metrics.records.inc()
             result = await self._decode(event.message)
             if result is None:
                 event.ack()
@@ -218,6 +229,7 @@ class AnalyticsProcessor:
             late = self.windows.add(result, partition=event.message.partition, token=event, now=now)
             if late is not None:
                 self.stats.late += 1
+                self.metrics.late.inc()
                 logger.debug("late result dropped", extra={"request_id": result.request_id})
                 late.ack()
             await self._close_due(now)
@@ -268,6 +280,8 @@ class AnalyticsProcessor:
             for event in window.tokens:
                 event.ack()
         self.stats.windows_final += len(closed)
+        self.metrics.observe_windows([c.aggregate for c in closed], final=True)
+        self.metrics.watermark.set(self.windows.watermark.value_ms / 1000)
         logger.info(
             "emitted %d final window(s), watermark %d, %d open",
             len(closed),
@@ -292,6 +306,7 @@ class AnalyticsProcessor:
         if open_windows:
             await self._emit(open_windows, final=False)
             self.stats.windows_partial += len(open_windows)
+            self.metrics.observe_windows(open_windows, final=False)
             logger.info("emitted %d open window(s) as non-final snapshots", len(open_windows))
 
     # -- rebalance -------------------------------------------------------------------------------
@@ -343,6 +358,9 @@ def run_analytics(settings: Settings, config: AnalyticsConfig) -> AnalyticsStats
     if config.duration_s is not None:
         remaining = config.duration_s - (time.monotonic() - started)
     worker = BoundedWorker(app, loop=loop, duration_s=remaining, before_stop=processor.flush_open)
+    server = None
+    if config.metrics_port:
+        server = serve_metrics(processor.metrics, config.metrics_host, config.metrics_port)
     logger.info(
         "analytics: %s -> %s, %.3g s windows, app id %s",
         config.results_topic,
@@ -358,4 +376,7 @@ def run_analytics(settings: Settings, config: AnalyticsConfig) -> AnalyticsStats
             raise StreamsError(f"analytics worker crashed: {reason!r}") from reason
     finally:
         asyncio.set_event_loop(None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     return processor.stats

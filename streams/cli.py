@@ -92,6 +92,14 @@ def admission_cmd(**options: object) -> None:
     default=None,
     help="Replication of faust's internal topics. [default: 1 on the embedded stack, else 3]",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Serve per-tenant Prometheus metrics on /metrics here (0: none).",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="0.0.0.0 in a pod.")
 def analytics_cmd(
     window_s: float,
     grace_s: float,
@@ -100,6 +108,8 @@ def analytics_cmd(
     app_id: str | None,
     data_dir: Path | None,
     replication_factor: int | None,
+    metrics_port: int,
+    metrics_host: str,
 ) -> None:
     """Per-tenant windowed throughput, latency percentiles, error rates and GPU-seconds.
 
@@ -120,6 +130,8 @@ def analytics_cmd(
             app_id=app_id,
             replication_factor=replication_factor,
             duration_s=duration_s,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         stats = run_analytics(settings, config)
     click.echo(json.dumps(stats.as_dict()))

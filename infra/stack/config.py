@@ -47,6 +47,9 @@ class StackPorts:
     seaweed_iceberg: int = 18181
     seaweed_lance: int = 18101
     seaweed_metrics: int = 19327
+    # Optional monitoring (`f2p stack up --monitoring`, infra/stack/prometheus.py).
+    prometheus: int = 19090
+    lag_exporter: int = 19308
 
     def seaweed_internal(self) -> dict[str, int]:
         """SeaweedFS ports besides S3; gRPC ports are these + 10000 and are checked too."""

@@ -4,8 +4,10 @@
 recorded ones whose process died (a crash, a reboot, a chaos test's kill -9) are forgotten and
 started again, a paused one (SIGSTOP) is resumed, and the missing ones are started in parallel.
 With several Kafka nodes ``up`` returns once the cluster serves again, and once it is fully
-settled (full ISRs) when every node runs. A file lock serialises concurrent ``up``/``down``
-calls (two terminals, or test sessions started side by side).
+settled (full ISRs) when every node runs. Optional groups (``OPTIONAL``: ``monitoring``) start
+only when ``up`` is asked for them, after the core components are ready (they read Kafka);
+``status`` shows them once recorded and ``down`` stops them first. A file lock serialises
+concurrent ``up``/``down`` calls (two terminals, or test sessions started side by side).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from infra.stack.config import StackConfig, record_ports
 from infra.stack.exceptions import ComponentNotReady, StackError
 from infra.stack.kafka import KafkaBroker, kafka_nodes, probe_cluster
 from infra.stack.processes import is_paused, stop, tail
+from infra.stack.prometheus import MONITORING
 from infra.stack.registry import ApicurioRegistry
 from infra.stack.seaweed import SeaweedS3
 from infra.stack.state import ComponentState, StackState, read_state, write_state
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # The component classes of a 1-broker stack (a cluster has one KafkaBroker per node).
 COMPONENTS: tuple[type[Component], ...] = (KafkaBroker, SeaweedS3, ApicurioRegistry)
+# Component groups started only on request (`f2p stack up --monitoring`), in start order.
+OPTIONAL: dict[str, tuple[type[Component], ...]] = {"monitoring": MONITORING}
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,30 @@ class UpReport:
     cluster_ready_after_s: float | None = None
 
 
-def stack_components(config: StackConfig, artifacts: Any = None) -> list[Component]:
-    """Every component of the configured stack, in start order: Kafka nodes, S3, registry."""
+def stack_components(
+    config: StackConfig, artifacts: Any = None, *, optional: Collection[str] = ()
+) -> list[Component]:
+    """Every component of the configured stack, in start order: Kafka nodes, S3, registry,
+    then those of the ``optional`` groups named (keys of ``OPTIONAL``)."""
+    _check_groups(optional)
+    extra = [cls(config, artifacts) for g in OPTIONAL if g in optional for cls in OPTIONAL[g]]
     return [*kafka_nodes(config, artifacts), SeaweedS3(config, artifacts),
-            ApicurioRegistry(config, artifacts)]  # fmt: skip
+            ApicurioRegistry(config, artifacts), *extra]  # fmt: skip
+
+
+def _check_groups(optional: Collection[str]) -> None:
+    unknown = sorted(set(optional) - set(OPTIONAL))
+    if unknown:
+        raise StackError(f"unknown optional component group(s) {unknown}; known: {list(OPTIONAL)}")
+
+
+def _known(config: StackConfig, artifacts: Any = None) -> list[Component]:
+    """The core components and every optional one, asked for or not."""
+    return stack_components(config, artifacts, optional=OPTIONAL)
+
+
+def _is_optional(name: str) -> bool:
+    return any(cls.name == name for group in OPTIONAL.values() for cls in group)
 
 
 @contextmanager
@@ -67,14 +92,22 @@ def _locked(config: StackConfig) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def stack_up(config: StackConfig, *, only: Collection[str] | None = None) -> UpReport:
+def stack_up(
+    config: StackConfig,
+    *,
+    only: Collection[str] | None = None,
+    optional: Collection[str] = (),
+) -> UpReport:
     """Start every component that is not already running and healthy; wait until all are ready.
 
     ``only`` limits this to the named components (``["kafka-2"]``: bring back one node).
+    ``optional`` names groups of ``OPTIONAL`` to start as well (``("monitoring",)``); optional
+    components already running are checked (and restarted if dead) even when not named.
     Raises PortInUse when a port is taken by a foreign process, ComponentNotReady (naming the
     component and its log) when one does not come up before the deadline, and StackError when
     the state directory holds a cluster of another size.
     """
+    _check_groups(optional)
     with _locked(config):
         ensure_layout(config)
         record_ports(config)
@@ -82,11 +115,13 @@ def stack_up(config: StackConfig, *, only: Collection[str] | None = None) -> UpR
         actions: dict[str, str] = {}
         to_start: list[Component] = []
         running: list[str] = []
-        for component in stack_components(config):
+        for component in _known(config):
             name = component.name
             if only is not None and name not in only:
                 continue
             recorded = state.components.get(name)
+            if _is_optional(name) and recorded is None and not _asked(name, optional):
+                continue  # an optional component nobody asked for
             if recorded and recorded.process.is_alive():
                 if is_paused(recorded.process):
                     log.warning(
@@ -108,8 +143,13 @@ def stack_up(config: StackConfig, *, only: Collection[str] | None = None) -> UpR
             to_start.append(component)
         write_state(config.state_file, state)
 
-        if to_start:
-            _start_all(config, state, [c.name for c in to_start])
+        # Core first: the optional components (lag exporter, Prometheus) read Kafka.
+        core = [c.name for c in to_start if not _is_optional(c.name)]
+        if core:
+            _start_all(config, state, core)
+        extra = [c.name for c in to_start if _is_optional(c.name)]
+        if extra:
+            _start_all(config, state, extra)
         # Components already running may still be booting (another `up` crashed mid-way):
         # probe them with the same deadline as fresh ones.
         for name in running:
@@ -123,11 +163,15 @@ def stack_up(config: StackConfig, *, only: Collection[str] | None = None) -> UpR
         return UpReport(actions=actions, ready_after_s=ready, cluster_ready_after_s=cluster_ready)
 
 
+def _asked(name: str, optional: Collection[str]) -> bool:
+    return any(cls.name == name for group in optional for cls in OPTIONAL[group])
+
+
 def _start_all(config: StackConfig, state: StackState, names: list[str]) -> None:
     """Start the named components in parallel (a cluster's nodes must: a node is ready only
     once a majority of controllers runs) and record each one that started."""
     artifacts = ensure_artifacts(config)
-    components = [c for c in stack_components(config, artifacts) if c.name in names]
+    components = [c for c in _known(config, artifacts) if c.name in names]
     with ThreadPoolExecutor(max_workers=len(components)) as pool:
         futures = {c.name: pool.submit(c.start) for c in components}
         errors = []
@@ -191,14 +235,16 @@ def _wait_healthy(config: StackConfig, state: StackState, name: str) -> None:
 def stack_down(config: StackConfig, *, purge: bool = False) -> list[str]:
     """Stop exactly the processes recorded in the state file; return the names stopped.
 
-    The registry and S3 go first, then every Kafka node at once (one by one, the last nodes
-    would wait for a controller quorum that is already gone). ``purge`` also deletes the data
-    directory (Kafka logs, S3 objects, the cluster's identity), not the fetched jars.
+    Optional components go first (Prometheus before what it scrapes), then the registry and S3,
+    then every Kafka node at once (one by one, the last nodes would wait for a controller
+    quorum that is already gone). ``purge`` also deletes the data directory (Kafka logs, S3
+    objects, the cluster's identity), not the fetched jars.
     """
     with _locked(config):
         state = read_state(config.state_file)
         kafka = sorted(n for n in state.components if n.startswith("kafka"))
-        others = [n for n in ("registry", "s3") if n in state.components]
+        optional = [c.name for c in reversed(_known(config)) if _is_optional(c.name)]
+        others = [n for n in (*optional, "registry", "s3") if n in state.components]
         others += [n for n in state.components if n not in kafka and n not in others]
         stopped = [n for n in others if _stop_recorded(state, n)]
         with ThreadPoolExecutor(max_workers=max(1, len(kafka))) as pool:
@@ -223,13 +269,16 @@ def stack_status(config: StackConfig, *, probe: bool = True) -> dict[str, Any]:
 
     ``brokers`` lists every Kafka node (id, endpoint, pid, state, healthy); with several nodes
     ``components["kafka"]`` is the cluster as a whole ("running", "degraded (2 of 3 brokers
-    running)", ...) and ``components["kafka-<id>"]`` each node.
+    running)", ...) and ``components["kafka-<id>"]`` each node. Optional components appear
+    once ``up`` has started them.
     """
     state = read_state(config.state_file)
     components: dict[str, Any] = {}
-    for component in stack_components(config):
-        components[component.name] = _status_of(component, state.components.get(component.name),
-                                                probe)  # fmt: skip
+    for component in _known(config):
+        recorded = state.components.get(component.name)
+        if recorded is None and _is_optional(component.name):
+            continue  # an optional component that was not asked for
+        components[component.name] = _status_of(component, recorded, probe)
     nodes = kafka_nodes(config)
     # Endpoints as recorded by the `up` that started each node (the ports of this process's
     # environment may differ), computed for nodes never started.
@@ -309,4 +358,4 @@ def _cluster_status(config: StackConfig, brokers: list[dict], probe: bool) -> di
 
 
 def _component(config: StackConfig, name: str) -> Component:
-    return next(c for c in stack_components(config) if c.name == name)
+    return next(c for c in _known(config) if c.name == name)
