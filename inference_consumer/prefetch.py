@@ -12,8 +12,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from connectors.object_store import ObjectStoreError, ObjectTooLarge
 from f2p_errors import InvalidInput
 from inference_consumer.memory import image_bytes
 from inference_consumer.stages import (
@@ -117,15 +116,13 @@ def _face_bytes(ctx: StageContext, request: GenerationRequest) -> bytes:
 
     def get() -> bytes:
         try:
-            response = ctx.s3.get_object(Bucket=face.bucket, Key=face.key)
-            size = response.get("ContentLength") or 0
-            if size > limit:  # whatever size_bytes claimed: do not download it at all
-                response["Body"].close()
-                raise PermanentFailure(
-                    "IMAGE_TOO_LARGE", f"face object is {size} bytes, limit is {limit}"
-                )
-            return response["Body"].read(limit + 1)
-        except (ClientError, BotoCoreError) as exc:
+            # Whatever size_bytes claimed: an object above the limit is not downloaded at all.
+            return ctx.s3.get(face.bucket, face.key, max_bytes=limit)
+        except ObjectTooLarge as exc:
+            raise PermanentFailure(
+                "IMAGE_TOO_LARGE", f"face object is {exc.size} bytes, limit is {limit}"
+            ) from exc
+        except ObjectStoreError as exc:
             raise classify_s3_error(exc, f"s3://{face.bucket}/{face.key}") from exc
 
     data = with_retries(ctx.config, "face fetch", get)

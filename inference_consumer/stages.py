@@ -25,6 +25,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from connectors.dead_letters import ClaimCheck, build_dead_letter
+from connectors.object_store import ObjectAccessDenied, ObjectNotFound, ObjectStore
 from f2p_errors import F2PError
 from inference_consumer.config import WorkerConfig
 from inference_consumer.engines.base import Engine
@@ -60,7 +61,11 @@ class PermanentFailure(F2PError):
 
 
 def classify_s3_error(exc: Exception, what: str) -> Exception:
-    """Map a botocore error to TransientFailure or PermanentFailure."""
+    """Map an object store (or botocore) error to TransientFailure or PermanentFailure."""
+    if isinstance(exc, ObjectNotFound):
+        return PermanentFailure("FACE_NOT_FOUND", f"{what}: object does not exist")
+    if isinstance(exc, ObjectAccessDenied):
+        return PermanentFailure("FACE_ACCESS_DENIED", f"{what}: {exc}")
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -93,7 +98,7 @@ class StageContext:
 
     config: WorkerConfig
     codec: AvroCodec
-    s3: Any
+    s3: ObjectStore  # connectors.object_store: obstore by default
     results_bucket: str
     engine: Engine
     limits: RequestLimits
@@ -111,7 +116,7 @@ class StageContext:
 
     def claim_check(self, key: str, body: bytes) -> str:
         """Store an oversize dead-lettered original; its URI (for ``build_dead_letter``)."""
-        self.s3.put_object(Bucket=self.results_bucket, Key=key, Body=body)
+        self.s3.put(self.results_bucket, key, body)
         return f"s3://{self.results_bucket}/{key}"
 
 

@@ -7,9 +7,7 @@ import io
 import logging
 import time
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from connectors.s3 import put_if_absent
+from connectors.object_store import ObjectStoreError
 from inference_consumer.engines.base import EngineOutput
 from inference_consumer.stages import (
     StageContext,
@@ -24,6 +22,9 @@ from inference_consumer.work import Outcome, WorkItem
 from schemas.records import GenerationRequest, ImageFormat, ResultImage, ResultStatus
 
 log = logging.getLogger(__name__)
+
+# A result object that something else wrote is hashed to describe it; read at most this much.
+MAX_FOREIGN_BYTES = 256 * 1024 * 1024
 
 _PIL_FORMATS = {ImageFormat.WEBP: "WEBP", ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG"}
 _CONTENT_TYPES = {
@@ -71,7 +72,7 @@ def encode_and_upload(ctx: StageContext, item: WorkItem, output: EngineOutput) -
         def put(key: str = key, body: bytes = body, digest: str = digest) -> tuple[str, int]:
             try:
                 return _write_once(ctx, key, body, digest, _CONTENT_TYPES[fmt])
-            except (ClientError, BotoCoreError) as exc:
+            except ObjectStoreError as exc:
                 raise TransientFailure(f"upload of {key}: {exc}") from exc
 
         digest, size = with_retries(ctx.config, "result upload", put)
@@ -102,15 +103,13 @@ def _write_once(
     object that stands is described instead (its sha256 travels as object metadata), so the
     result always names exactly the bytes in the store.
     """
-    if put_if_absent(
-        ctx.s3, ctx.results_bucket, key, body, content_type=content_type,
-        Metadata={"sha256": digest},
-    ):  # fmt: skip
+    store, bucket = ctx.s3, ctx.results_bucket
+    if store.put_if_absent(
+        bucket, key, body, content_type=content_type, metadata={"sha256": digest}
+    ):
         return digest, len(body)
-    head = ctx.s3.head_object(Bucket=ctx.results_bucket, Key=key)
-    stored = (head.get("Metadata") or {}).get("sha256")
+    head = store.head(bucket, key)
+    stored = head.metadata.get("sha256")
     if stored is None:  # written by something else: hash what is there
-        stored = hashlib.sha256(
-            ctx.s3.get_object(Bucket=ctx.results_bucket, Key=key)["Body"].read()
-        ).hexdigest()
-    return stored, int(head.get("ContentLength", len(body)))
+        stored = hashlib.sha256(store.get(bucket, key, max_bytes=MAX_FOREIGN_BYTES)).hexdigest()
+    return stored, head.size

@@ -32,8 +32,8 @@ from connectors.kafka import (
     make_transactional_producer,
 )
 from connectors.kafka_retry import retry_kafka
+from connectors.object_store import ObjectStore, make_object_store
 from connectors.registry import make_registry_client
-from connectors.s3 import make_s3_client
 from connectors.settings import Settings
 from f2p_errors import ConfigError
 from inference_consumer.batcher import RequestBatcher
@@ -70,7 +70,7 @@ class Worker:
         *,
         limits: RequestLimits | None = None,
         codec: AvroCodec | None = None,
-        s3: Any = None,
+        s3: ObjectStore | None = None,
         create_consumer: Callable[[KafkaTimeouts], Any] | None = None,
         create_producer: Callable[[KafkaTimeouts], Any] | None = None,
     ) -> None:
@@ -114,7 +114,12 @@ class Worker:
         self.ctx = StageContext(
             config=config,
             codec=self.codec,
-            s3=s3 or make_s3_client(settings, max_pool_connections=config.prefetch_threads * 2 + 8),
+            s3=s3
+            or make_object_store(
+                settings,
+                config.object_store,
+                max_pool_connections=config.prefetch_threads * 2 + 8,  # boto3 only
+            ),
             results_bucket=settings.results_bucket,
             engine=engine,
             limits=limits or RequestLimits(),

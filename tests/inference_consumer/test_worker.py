@@ -164,11 +164,11 @@ class GatedS3:
         self.gate = threading.Event()
         self.entered = threading.Event()
 
-    def put_object(self, **kwargs):
-        if self.request_id in kwargs["Key"]:
+    def put_if_absent(self, bucket, key, body, **kwargs):
+        if self.request_id in key:
             self.entered.set()
             self.gate.wait(60)
-        return self._s3.put_object(**kwargs)
+        return self._s3.put_if_absent(bucket, key, body, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._s3, name)
