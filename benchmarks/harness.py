@@ -121,12 +121,13 @@ RequestFactory = Callable[[str, Any], GenerationRequest]  # (request_id, submitt
 
 
 class LoadPublisher:
-    """Produces requests to the batch lane, as fast as possible or at a steady rate."""
+    """Produces requests to the internal batch lane (what admission writes and workers serve),
+    as fast as possible or at a steady rate."""
 
     def __init__(self, settings: Settings, codec: AvroCodec) -> None:
         self.settings = settings
         self.codec = codec
-        self.topic = settings.topics.requests_batch
+        self.topic = settings.topics.lanes_batch
         self.producer = make_producer(settings, client_id="f2p-bench-load")
         self.sent: dict[str, float] = {}
         self.partitions: dict[str, int] = {}

@@ -31,8 +31,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from connectors.eos.records import MessageRef
 from connectors.kafka import make_consumer, make_transactional_producer
+from connectors.object_store import make_object_store
 from connectors.registry import make_registry_client
-from connectors.s3 import make_s3_client
 from connectors.settings import Settings
 from f2p_errors import F2PError
 from inference_consumer.config import KafkaTimeouts, WorkerConfig
@@ -67,6 +67,8 @@ class NaiveConfig:
     transaction_timeout_ms: int = KafkaTimeouts.for_cluster(1).transaction_timeout_ms
     static_membership: bool = True
     poll_timeout_s: float = 0.1
+    # The same S3 client as ours (WorkerConfig.object_store) unless a run compares clients.
+    object_store: str = WorkerConfig.object_store
 
 
 class _Inline:
@@ -97,7 +99,7 @@ class NaiveWorker:
         self.ctx = StageContext(
             config=worker_config,
             codec=self.codec,
-            s3=make_s3_client(settings, max_pool_connections=2),
+            s3=make_object_store(settings, config.object_store, max_pool_connections=2),
             results_bucket=settings.results_bucket,
             engine=engine,
             limits=limits or RequestLimits(),
@@ -107,9 +109,9 @@ class NaiveWorker:
             decode_budget=DecodeBudget(worker_config.decode_budget_bytes),
             held=HeldBytes(worker_config.held_bytes_limit),
         )
-        lanes = {"interactive": settings.topics.requests_interactive}
-        lanes["batch"] = settings.topics.requests_batch
-        self.writer = OutcomeWriter(settings.topics, self.codec, lane_topics=lanes)
+        self.writer = OutcomeWriter(
+            settings.topics, self.codec, lane_topics=settings.topics.worker_lanes
+        )
 
     def stop(self) -> None:
         self._stop.set()

@@ -10,6 +10,7 @@ set is the spec's private suffix (``load_settings(topic_suffix=...)``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -53,13 +54,20 @@ class RecordingEngine(Engine):
 
 
 def build_worker(spec: dict[str, Any], engine: Engine) -> Any:
-    """Our Worker or the NaiveWorker, serving the batch lane of the spec's topic set only."""
+    """Our Worker or the NaiveWorker, serving the internal batch lane of the spec's topic set
+    only (the worker's own figures: the bench publishes to the lane, as admission would)."""
     settings = load_settings(topic_suffix=spec["topic_suffix"])
-    lanes = (settings.topics.requests_batch,)
+    lanes = (settings.topics.lanes_batch,)
     if spec["impl"] == "naive":
         from benchmarks.naive import NaiveConfig, NaiveWorker
 
-        config = NaiveConfig(worker_id=spec["worker_id"], group_id=spec["group_id"], lanes=lanes)
+        # The options that the naive worker has too (the S3 client, membership): the rest are
+        # tuning knobs of ours.
+        known = {f.name for f in dataclasses.fields(NaiveConfig)}
+        shared = {k: v for k, v in spec.get("options", {}).items() if k in known}
+        config = NaiveConfig(
+            worker_id=spec["worker_id"], group_id=spec["group_id"], lanes=lanes, **shared
+        )
         return NaiveWorker(settings, config, engine)
     from inference_consumer.config import WorkerConfig
     from inference_consumer.worker import Worker

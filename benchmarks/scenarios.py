@@ -21,6 +21,7 @@ from benchmarks.harness import (
     partition_of,
     percentile,
 )
+from benchmarks.profile import Profiler, summarize, thread_cpu
 from benchmarks.session import Bench
 from benchmarks.workers import CpuWindow, stack_pids
 from connectors.claim_check import ClaimCheckStore, face_ref
@@ -149,19 +150,33 @@ def _throughput(results: list[Any], started: float) -> float:
 # -- 1. control plane ------------------------------------------------------------------------------
 
 
-def control_plane(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
-    """Zero service time, 64 px images, inline faces: publish N at once → committed results."""
+def control_plane(
+    bench: Bench, impl: str, sizes: Sizes, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Zero service time, 64 px images, inline faces: publish N at once → committed results.
+
+    ``options`` (e.g. ``{"object_store": "boto3"}``) apply to both implementations' workers.
+    ``F2P_BENCH_PROFILE=1`` also records a py-spy profile of the worker over the window.
+    """
     factory = inline_factory(bench.tenant)
-    with bench.session("cp", impl, 1, time_scale=0.0) as run:
+    tag = "cp" if not options else "cp-" + "-".join(str(v) for v in options.values())
+    with bench.session(tag, impl, 1, time_scale=0.0, options=options) as run:
         run.warmup(factory)
         ids = balanced_request_ids(sizes.control_requests)
-        processes = {"worker": [w.pid for w in run.pool.workers], "harness": [os.getpid()]}
+        worker_pid = run.pool.workers[0].pid
+        processes = {"worker": [worker_pid], "harness": [os.getpid()]}
         processes.update({name: [pid] for name, pid in stack_pids().items()})
+        threads_before = thread_cpu(worker_pid)
+        profiler = None
+        if os.environ.get("F2P_BENCH_PROFILE") == "1":
+            profiler = Profiler(worker_pid, bench.log_dir / f"{run.label.replace('/', '-')}.txt")
         cpu = CpuWindow(processes)
         started = time.time()
         publishing = run.publish_in_background(ids, factory)
         run.wait(ids, sizes.control_max_s)
         usage = cpu.stop()
+        threads_after = thread_cpu(worker_pid)
+        profile = profiler.stop() if profiler is not None else None
         publishing.join()
         results = run.collector.results_for(ids)
     done = len(results)
@@ -171,7 +186,15 @@ def control_plane(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
         "throughput_rps": _throughput(results, started),
         "machine_cpu_busy": usage["machine_busy_ratio"],
         "window_s": usage["wall_s"],
+        "loadavg": os.getloadavg(),
     }
+    # The worker's CPU by thread kind: Python threads, librdkafka's, obstore's runtime.
+    for kind, seconds in threads_after.items():
+        used = seconds - threads_before.get(kind, 0.0)
+        figures[f"worker_{kind}_cpu_ms_per_request"] = 1000 * used / max(1, done)
+    if profile is not None:
+        figures["profile_path"] = str(profile)
+        figures["profile"] = summarize(profile)
     # CPU milliseconds per completed request, by process: where the 2 cores go.
     for key, seconds in usage.items():
         if key.endswith("_cpu_s"):

@@ -146,7 +146,7 @@ class Bench:
                 for i in range(workers)
             )
             started = time.monotonic()
-            assignment = pool.wait_settled(group_id, settings.topics.requests_batch, workers)
+            assignment = pool.wait_settled(group_id, settings.topics.lanes_batch, workers)
             self.console.log(
                 f"{label}: {workers} worker(s) settled in {time.monotonic() - started:.1f} s"
             )
