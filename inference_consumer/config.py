@@ -73,8 +73,15 @@ class WorkerConfig:
     prefetch_threads: int = 4
     upload_threads: int = 4
     output_format: ImageFormat = ImageFormat.WEBP
-    # Commit completed outcomes at least this often (one transaction per commit, ~3 ms here).
+    # Commit completed outcomes as soon as no transaction runs, but at most every
+    # commit_interval_ms while little is in flight, rising to max_commit_interval_ms as the
+    # in-flight count reaches max_in_flight (LoopConfig: sparse completions commit at once,
+    # a backlog shares fewer, bigger transactions).
     commit_interval_ms: int = 5
+    max_commit_interval_ms: int = 5
+    # A RUNNING status event waits this long for a result (or another completion) to share its
+    # transaction before it gets one of its own (0: at once, one more transaction per request).
+    running_event_delay_ms: int = 0
     # kill -9 is detected after session_timeout_ms; transactions of a dead worker are aborted
     # by the coordinator after transaction_timeout_ms. Both bound failover time. None: chosen
     # for the cluster at start-up (``KafkaTimeouts.for_cluster``).
@@ -140,7 +147,6 @@ class WorkerConfig:
             "max_in_flight",
             "prefetch_threads",
             "upload_threads",
-            "commit_interval_ms",
             "max_message_bytes",
             "decode_budget_bytes",
             "held_bytes_limit",
@@ -156,6 +162,12 @@ class WorkerConfig:
                 raise fail(name, "between 1000 and 900000 ms")
         if self.max_window > 8192:
             raise fail("max_window", "at most 8192 (it travels in the commit metadata)")
+        if self.commit_interval_ms < 0:
+            raise fail("commit_interval_ms", ">= 0")
+        if self.max_commit_interval_ms < self.commit_interval_ms:
+            raise fail("max_commit_interval_ms", ">= commit_interval_ms")
+        if self.running_event_delay_ms < 0:
+            raise fail("running_event_delay_ms", ">= 0")
         if self.max_batch_wait_ms < 0:
             raise fail("max_batch_wait_ms", ">= 0")
         if self.object_store not in OBJECT_STORES:

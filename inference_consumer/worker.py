@@ -212,6 +212,8 @@ class Worker:
             topic_in_flight=caps,
             max_window=c.max_window,
             commit_interval_ms=c.commit_interval_ms,
+            max_commit_interval_ms=c.max_commit_interval_ms,
+            side_record_delay_ms=c.running_event_delay_ms,
             stall_timeout_s=c.stall_timeout_s,
         )
 

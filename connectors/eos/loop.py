@@ -85,8 +85,18 @@ class LoopConfig:
     # Offsets between a partition's commit point and its highest polled offset; its done
     # offsets travel in the commit metadata (offsets.MAX_METADATA_WINDOW bounds this).
     max_window: int = 4096
-    # Commit whenever there is something and no transaction runs, but at most this often.
+    # Commit whenever there is something and no transaction runs, but at most this often
+    # while little is in flight (sparse completions are committed at once: their last commit
+    # is older than this) ...
     commit_interval_ms: float = 5.0
+    # ... rising linearly to at most this often as the in-flight count nears max_in_flight (a
+    # backlog): dense completions then share fewer, bigger transactions (broker CPU per record
+    # falls; see docs/BENCHMARKS.md). None: commit_interval_ms throughout.
+    max_commit_interval_ms: float | None = None
+    # Side records alone (RUNNING status events) wait this long for a completion to share its
+    # transaction before they get one of their own: with short service times nearly every one
+    # rides with its result, halving the transactions at moderate load.
+    side_record_delay_ms: float = 0.0
     # ... and at once when this many completions wait.
     max_commit_completions: int = 512
     # Aborted transactions retried with the same completions before a full rewind.
@@ -153,12 +163,20 @@ class EosLoop:
         self._global_paused = False
         self._topic_paused: set[str] = set()
         self._last_commit = clock()
+        self._side_since = clock()  # when the oldest pending side record was collected
         self._last_progress = clock()
         self._last_turn = clock()
         self._last_lag = float("-inf")
         self._consumer_fatal_at = float("-inf")
         self._unreleased_since: float | None = None
         self._restore_turn = 0
+        # Something that moves a partition's in-flight set, window, phase or commit point
+        # happened since the pauses were last applied / since _offsets_moved last said no:
+        # turns where nothing did skip those O(partitions) passes.
+        self._pauses_stale = True
+        self._offsets_stale = True
+        self._was_saturated = False
+        self._restoring = False  # some partition may be RESTORING (assigned or rewound)
         self._next_prepare = float("-inf")
         self.assigned_once = False
 
@@ -248,11 +266,13 @@ class EosLoop:
             self._update_lag()
 
     def _poll(self) -> None:
-        room = self.config.max_in_flight - self.assignment.in_flight()
-        busy = self.assignment.in_flight() > 0 or bool(self._pending)
+        in_flight = self.assignment.in_flight()
+        room = self.config.max_in_flight - in_flight
+        busy = in_flight > 0 or bool(self._pending)
         first = self.consumer.poll(0.005 if busy else 0.05)
         if first is None:
             return
+        self._moved()
         rest = self.consumer.consume(min(room - 1, 500), timeout=0) if room > 1 else []
         redelivered = 0
         for message in [first, *rest]:
@@ -291,9 +311,12 @@ class EosLoop:
         """Move completions of current work (and side records) into the pending checkpoint."""
         while True:
             try:
-                self._pending.side_records.append(self._side.get_nowait())
+                record = self._side.get_nowait()
             except queue.Empty:
                 break
+            if not self._pending.side_records:
+                self._side_since = self.clock()
+            self._pending.side_records.append(record)
         while True:
             try:
                 completion = self._completions.get_nowait()
@@ -306,6 +329,12 @@ class EosLoop:
                 continue  # a second completion for the same message: the first one stands
             self._pending.add(completion)
             self._last_progress = self.clock()
+            self._moved()
+
+    def _moved(self) -> None:
+        """A partition's offsets or phase changed: pauses and the commit point need a look."""
+        self._pauses_stale = True
+        self._offsets_stale = True
 
     # -- the commit path ----------------------------------------------------------------------
 
@@ -313,21 +342,42 @@ class EosLoop:
         if self._committing is not None:
             self._finish(self.config.call_timeout_s)
             return
-        if not self._pending and not self._offsets_moved():
-            return
-        elapsed_ms = (self.clock() - self._last_commit) * 1000
-        if (
-            elapsed_ms >= self.config.commit_interval_ms
-            or len(self._pending.completions) >= self.config.max_commit_completions
-        ):
+        pending = self._pending
+        now = self.clock()
+        if pending.completions:
+            if len(pending.completions) >= self.config.max_commit_completions:
+                self.commit()
+                return
+        elif not self._offsets_moved():
+            if not pending.side_records:
+                return
+            if (now - self._side_since) * 1000 < self.config.side_record_delay_ms:
+                return  # side records alone: a completion may come to carry them
+        if (now - self._last_commit) * 1000 >= self._commit_interval_ms():
             self.commit()
 
+    def _commit_interval_ms(self) -> float:
+        """The least time between two commits now: ``commit_interval_ms`` when nothing is in
+        flight, ``max_commit_interval_ms`` when the in-flight bound is reached."""
+        config = self.config
+        low, high = config.commit_interval_ms, config.max_commit_interval_ms
+        if high is None or high <= low:
+            return low
+        load = min(1.0, self.assignment.in_flight() / max(1, config.max_in_flight))
+        return low + (high - low) * load
+
     def _offsets_moved(self) -> bool:
-        return any(
+        """Whether some partition's commit point moved (or was never committed); an O(1)
+        no when nothing moved since the last no."""
+        if not self._offsets_stale:
+            return False
+        moved = any(
             s.phase is Phase.ACTIVE
             and (s.needs_initial_commit or s.offsets.committable() is not None)
             for s in self.assignment
         )
+        self._offsets_stale = moved
+        return moved
 
     def commit(self, wait_s: float | None = None) -> bool:
         """Write the pending completions and the moved offsets in one transaction; True when it
@@ -354,6 +404,7 @@ class EosLoop:
                 self.producer, self.assignment, self.consumer.consumer_group_metadata()
             )
         except Exception as exc:
+            self._moved()
             self._failed(checkpoint, exc)
             return False
         if not started:
@@ -370,11 +421,13 @@ class EosLoop:
                 return False
         except Exception as exc:
             self._committing = None
+            self._moved()
             self._failed(checkpoint, exc)
             return False
         self._committing = None
         self._aborts_in_row = 0
         self._last_progress = self.clock()
+        self._moved()  # bases moved: windows shrank
         self.metrics.transaction("committed")
         if checkpoint.completions:
             self.handler.committed(checkpoint.completions)
@@ -420,6 +473,8 @@ class EosLoop:
         ]
         pending = self._pending
         pending.completions[:0] = keep
+        if checkpoint.side_records and not pending.side_records:
+            self._side_since = self.clock()
         pending.side_records[:0] = checkpoint.side_records
 
     # -- restore and rewind -------------------------------------------------------------------
@@ -428,16 +483,20 @@ class EosLoop:
         """Forget every partition's in-memory state and restore it from the committed offsets
         (and their metadata): what the broker has is the truth again."""
         log.warning("rewinding to the committed offsets: %s", why)
+        self._moved()
         self._pending = Checkpoint()
         tps = self.assignment.keys()
         self.handler.forget(tps)
         for tp in tps:
             self.assignment.restart(tp).must_seek = True
+        self._restoring = True
 
     def _restore(self) -> None:
         """Read the restore point of RESTORING partitions (``restore.py``: within a budget, so a
         partition waiting for a dead owner's transaction holds back neither the others nor the
         loop) and make those that answered ACTIVE at their commit point."""
+        if not self._restoring:
+            return  # every partition is ACTIVE: no pass over them
         restoring = [s for s in self.assignment.restoring() if s.restore_point is None]
         if restoring:
             # Rotate, so that with many waiting partitions each gets its turn.
@@ -459,9 +518,12 @@ class EosLoop:
                 state = self.assignment.get(tp)
                 if state is not None:
                     self._restore_failed([state], error)
+        still = 0
         for state in self.assignment.restoring():
             if state.restore_point is not None and self.handler.ready(state.tp):
                 self._activate(state)
+            still += state.phase is Phase.RESTORING
+        self._restoring = still > 0
 
     def _activate(self, state: PartitionState) -> None:
         point = state.restore_point
@@ -490,6 +552,7 @@ class EosLoop:
         state.must_seek = False
         state.phase = Phase.ACTIVE
         state.restore_failures = 0
+        self._moved()
 
     def _restore_failed(self, states: list[PartitionState], error: object) -> None:
         for state in states:
@@ -506,6 +569,8 @@ class EosLoop:
     # -- rebalancing ----------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._moved()
+        self._restoring = True
         for tp in partitions:
             state = self.assignment.add((tp.topic, tp.partition))
             state.paused = True
@@ -539,6 +604,7 @@ class EosLoop:
         log.warning("partitions lost", extra={"partitions": tps})
 
     def _drop(self, tps: list[TP]) -> None:
+        self._moved()
         gone = set(tps)
         self.handler.forget(tps)
         for tp in tps:
@@ -578,6 +644,11 @@ class EosLoop:
 
     def _apply_pauses(self) -> None:
         """Pause partitions that must not fetch now, resume the others (only the changes)."""
+        saturated = self.handler.saturated()
+        if not self._pauses_stale and saturated == self._was_saturated:
+            return  # nothing that decides a pause changed since the last pass
+        self._pauses_stale = False
+        self._was_saturated = saturated
         config = self.config
         in_flight = self.assignment.in_flight()
         if in_flight >= config.max_in_flight:
@@ -592,7 +663,6 @@ class EosLoop:
                 self._topic_paused.add(topic)
             elif by_topic[topic] <= cap // 2:
                 self._topic_paused.discard(topic)
-        saturated = self.handler.saturated()
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         paused = 0
@@ -649,6 +719,7 @@ class EosLoop:
                 state = self.assignment.get((tp.topic, tp.partition))
                 if state is not None and tp.offset >= 0:
                     state.offsets.passed_to(tp.offset)
+                    self._offsets_stale = True
         lag = 0
         for state in self.assignment:
             point = state.offsets.point()

@@ -108,7 +108,7 @@ class Assignment:
         return list(self._states)
 
     def in_flight(self) -> int:
-        return sum(s.in_flight for s in self._states.values())
+        return sum(len(s.offsets.in_flight) for s in self._states.values())
 
     def restoring(self) -> list[PartitionState]:
         return [s for s in self._states.values() if s.phase is Phase.RESTORING]

@@ -355,3 +355,80 @@ def test_an_idle_partition_is_committed_past_trailing_transaction_markers() -> N
     consumer.poll()  # the stub moves its position past the marker on the next fetch
     run_turns(loop, 5)
     assert broker.committed[("group", (IN, 0))][0] == 2
+
+
+def test_commits_space_out_with_the_backlog_and_not_when_idle() -> None:
+    """At most every commit_interval_ms with nothing in flight; up to max_commit_interval_ms
+    as the in-flight count reaches max_in_flight (issue 10: fewer, bigger transactions)."""
+    broker, handler = StubBroker(), EchoHandler()
+    clock = Clock()
+    consumer = StubConsumer(broker, "group")
+    loop = EosLoop(
+        topics=[IN],
+        create_consumer=lambda: consumer,
+        producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1"),
+        handler=handler,
+        config=LoopConfig(max_in_flight=10, commit_interval_ms=5, max_commit_interval_ms=50),
+        clock=clock,
+    )
+    handler.loop = loop
+    loop.start()
+    fill(broker, 0, [b"first"])
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 3)  # restored, its start committed at once, "first" polled and done
+    assert outputs(broker) == Counter()
+    clock.now += 0.006  # nothing in flight: 5 ms since the last commit is enough
+    run_turns(loop, 3)
+    assert outputs(broker) == Counter({b"first": 1})
+    held = [f"h{i}".encode() for i in range(10)]
+    handler.hold = set(held)
+    fill(broker, 0, [*held, b"second"])
+    run_turns(loop, 3)
+    assert loop.assignment.in_flight() == 10  # the bound: the interval is 50 ms now
+    handler.release(held[0])
+    clock.now += 0.030
+    run_turns(loop, 3)  # 30 ms < 45.5 ms (9 of 10 in flight): h0 waits
+    assert outputs(broker) == Counter({b"first": 1})
+    clock.now += 0.020
+    run_turns(loop, 3)
+    assert outputs(broker) == Counter({b"first": 1, b"h0": 1})
+    for value in held[1:]:  # the backlog gone, nothing in flight: 5 ms again
+        handler.release(value)
+    clock.now += 0.006
+    run_turns(loop, 3)
+    assert outputs(broker) == Counter(dict.fromkeys([b"first", *held], 1))
+    clock.now += 0.006  # "second", polled once the partition resumed
+    run_turns(loop, 3)
+    assert outputs(broker) == Counter(dict.fromkeys([b"first", *held, b"second"], 1))
+
+
+def test_side_records_wait_for_a_completion_to_carry_them() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    clock = Clock()
+    consumer = StubConsumer(broker, "group")
+    loop = EosLoop(
+        topics=[IN],
+        create_consumer=lambda: consumer,
+        producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1"),
+        handler=handler,
+        config=LoopConfig(commit_interval_ms=0, side_record_delay_ms=100),
+        clock=clock,
+    )
+    handler.loop = loop
+    loop.start()
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 3)
+    loop.side(OutputRecord("status", b"running-1"))
+    clock.now += 0.050
+    run_turns(loop, 3)
+    assert outputs(broker, "status") == Counter()  # alone, younger than 100 ms: waits
+    fill(broker, 0, [b"a"])
+    run_turns(loop, 3)  # a completion: both in one transaction at once
+    assert outputs(broker) == Counter({b"a": 1})
+    assert outputs(broker, "status") == Counter({b"running-1": 1})
+    loop.side(OutputRecord("status", b"running-2"))
+    run_turns(loop, 3)
+    assert outputs(broker, "status") == Counter({b"running-1": 1})
+    clock.now += 0.101  # nothing came to carry it: its own transaction
+    run_turns(loop, 3)
+    assert outputs(broker, "status") == Counter({b"running-1": 1, b"running-2": 1})
