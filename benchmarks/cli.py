@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.suite import SCENARIOS, Report
+from benchmarks.suite import IMPLS, SCENARIOS, Report
 
 
 def _format(value: Any) -> str:
@@ -90,6 +90,13 @@ def render_markdown(report: Report) -> str:
 )
 @click.option("--markdown", is_flag=True, help="Also print the table as Markdown.")
 @click.option(
+    "--impl",
+    "impls",
+    multiple=True,
+    type=click.Choice(IMPLS),
+    help="Run only this implementation (repeatable; development). Default: both.",
+)
+@click.option(
     "--worker-option",
     "-o",
     "worker_options",
@@ -105,6 +112,7 @@ def bench_cmd(
     json_out: Path | None,
     markdown: bool,
     worker_options: tuple[str, ...],
+    impls: tuple[str, ...],
 ) -> None:
     """Benchmarks against the running stack: our worker vs the naive baseline, side by side.
 
@@ -121,7 +129,9 @@ def bench_cmd(
 
     sizes = QUICK if quick else STANDARD
     options = _parse_options(worker_options)
-    report = run_suite(load_settings(), sizes, selected or SCENARIOS, ours_options=options)
+    report = run_suite(
+        load_settings(), sizes, selected or SCENARIOS, ours_options=options, impls=impls or IMPLS
+    )
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)  # logs and CI: do not wrap the table at 80 columns

@@ -5,7 +5,8 @@
 Python threads (poll loop, prefetch, engine, output). py-spy sees only the last kind, so the
 split says how much of the total a Python profile can explain.
 
-``Profiler`` attaches ``py-spy record --format raw`` to a running worker for a measured window
+``Profiler`` attaches ``py-spy record --gil --format raw`` to a running worker for a window
+(samples of the thread holding the GIL: Python CPU, not threads blocked in native waits)
 (``F2P_BENCH_PROFILE=1 f2p bench -s control``); ``summarize`` turns the collapsed stacks into
 the functions that hold the most samples (self and inclusive), which docs/BENCHMARKS.md quotes.
 """
@@ -68,7 +69,7 @@ class Profiler:
         self.proc = subprocess.Popen(
             # --nonblocking: the worker is not paused per sample (its timing stays honest).
             [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-             "--nonblocking", "--output", str(path)],
+             "--nonblocking", "--gil", "--output", str(path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip

@@ -54,6 +54,8 @@ class Sizes:
     failover_duration_s: float
     failover_kill_at_s: float
     failover_service_s: float
+    failover_restarts: bool  # also the quick-restart variants (same worker id)
+    s3_puts: int  # per S3 client, object size and thread count (benchmarks/s3_clients.py)
     publish_requests: int  # 0: skip the publisher benchmark
     publish_naive_requests: int
 
@@ -74,6 +76,8 @@ STANDARD = Sizes(
     failover_duration_s=24,
     failover_kill_at_s=8,
     failover_service_s=0.050,
+    failover_restarts=True,
+    s3_puts=300,
     publish_requests=1000,
     publish_naive_requests=200,
 )
@@ -94,6 +98,8 @@ QUICK = Sizes(
     failover_duration_s=10,
     failover_kill_at_s=2,
     failover_service_s=0.050,
+    failover_restarts=False,
+    s3_puts=40,
     publish_requests=0,
     publish_naive_requests=0,
 )
@@ -179,11 +185,14 @@ def control_plane(
         profile = profiler.stop() if profiler is not None else None
         publishing.join()
         results = run.collector.results_for(ids)
+        stats = run.stop()
     done = len(results)
+    finished = max((r.received for r in results), default=started)
     figures = {
         "requests": len(ids),
         "completed": done,
         "throughput_rps": _throughput(results, started),
+        **_transactions(stats, started, finished),
         "machine_cpu_busy": usage["machine_busy_ratio"],
         "window_s": usage["wall_s"],
         "loadavg": os.getloadavg(),
@@ -200,6 +209,20 @@ def control_plane(
         if key.endswith("_cpu_s"):
             figures[f"{key[:-6]}_cpu_ms_per_request"] = 1000 * seconds / max(1, done)
     return figures
+
+
+def _transactions(stats: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
+    """Transactions the workers committed in [start, end] and their mean size (completions)
+    and duration, from the commit spans the runner records (``F2P_BENCH_TRACE=1``)."""
+    spans = [s for w in stats for s in w.get("commits", []) if start <= s[0] <= end]
+    if not spans:
+        return {}
+    return {
+        "transactions": len(spans),
+        "completions_per_transaction": sum(s[2] for s in spans) / len(spans),
+        "transaction_ms_mean": 1000 * sum(s[1] - s[0] for s in spans) / len(spans),
+        "transaction_open_share": sum(s[1] - s[0] for s in spans) / max(1e-9, end - start),
+    }
 
 
 # -- 2. overhead at 50 % load ----------------------------------------------------------------------
@@ -221,10 +244,12 @@ def overhead(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
         rate = capacity / 2
         ids = balanced_request_ids(max(20, int(rate * sizes.overhead_duration_s)))
         run.console.log(f"{run.label}: capacity {capacity:.1f} req/s; offering {rate:.1f} req/s")
+        phase_start = time.time()
         run.publish(ids, factory, rate=rate)
         run.wait(ids, 60)
         results = run.collector.results_for(ids)
         sent = run.publisher.sent
+        stats = run.stop()
     e2e = [r.received - sent[r.request_id] for r in results]
     added = [r.received - sent[r.request_id] - r.engine_s for r in results]
     engine = [r.engine_s for r in results]
@@ -232,7 +257,10 @@ def overhead(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
     # interval + transaction + the reader's fetch). completed_at has millisecond precision.
     before_commit = [r.completed_at - sent[r.request_id] - r.engine_s for r in results]
     commit_and_read = [r.received - r.completed_at for r in results]
+    finished = max((r.received for r in results), default=phase_start)
     return {
+        **_transactions(stats, phase_start, finished),
+        "loadavg": os.getloadavg(),
         "service_time_ms": 1000 * sizes.overhead_service_s,
         "capacity_rps": capacity,
         "offered_rps": rate,
@@ -315,11 +343,22 @@ def scaling(bench: Bench, impl: str, sizes: Sizes, workers: int) -> dict[str, An
 # -- 5. failover -----------------------------------------------------------------------------------
 
 
-def failover(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
-    """Steady load on N workers; ``kill -9`` one; time until its partitions produce again."""
+def failover(
+    bench: Bench, impl: str, sizes: Sizes, *, restart: bool = False, static: bool | None = None
+) -> dict[str, Any]:
+    """Steady load on N workers; ``kill -9`` one; time until its partitions produce again.
+
+    ``restart``: the victim comes back at once under the same worker id (a StatefulSet pod):
+    its producer's ``init_transactions`` aborts the dead one's open transaction at once instead
+    of the coordinator after ``transaction.timeout.ms``. ``static``: KIP-345 membership for both
+    implementations (None: each one's default). A result counts as recovery when it was
+    completed after the kill by anyone (the new incarnation included).
+    """
     scale = time_scale_for(sizes.failover_service_s, steps=SMALL_STEPS, width=SMALL, height=SMALL)
     factory = inline_factory(bench.tenant)
-    with bench.session("fo", impl, sizes.failover_workers, time_scale=scale) as run:
+    options = {} if static is None else {"static_membership": static}
+    tag = "fo" + ("-restart" if restart else "") + ("" if static is None else f"-static{static:d}")
+    with bench.session(tag, impl, sizes.failover_workers, time_scale=scale, options=options) as run:
         run.warmup(factory)
         victim = run.pool.workers[-1]
         partitions = run.assignment[victim.spec.worker_id]
@@ -328,7 +367,12 @@ def failover(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
         time.sleep(sizes.failover_kill_at_s)
         killed_at = time.time()
         victim.kill()
-        run.console.log(f"{run.label}: kill -9 {victim.spec.worker_id} (partitions {partitions})")
+        if restart:
+            run.pool.restart(victim)
+        run.console.log(
+            f"{run.label}: kill -9 {victim.spec.worker_id} (partitions {partitions})"
+            + (", restarted at once" if restart else "")
+        )
         publishing.join()
         if publishing.errors:  # type: ignore[attr-defined]
             raise publishing.errors[0]  # type: ignore[attr-defined]
@@ -339,20 +383,23 @@ def failover(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
         for msg in read_to_end(run.settings, run.settings.topics.results, timeout_s=60):
             rid = msg.key().decode()
             counts[rid] = counts.get(rid, 0) + 1
+        stats = run.stop()  # the survivors' (the victim wrote none)
     recovery, gaps = {}, {}
     for p in partitions:
         mine = [r for r in received if partition_of(r.request_id) == p]
         before = [r.received for r in mine if r.received < killed_at]
-        after = [
-            r.received
-            for r in mine
-            if r.received >= killed_at and r.worker_id != victim.spec.worker_id
-        ]
+        after = [r.received for r in mine if r.completed_at >= killed_at]
         if after:
             recovery[p] = min(after) - killed_at
             gaps[p] = min(after) - max(before, default=killed_at)
     return {
         "workers": sizes.failover_workers,
+        "restart": restart,
+        "static_membership": static,
+        # How often a transaction was open (survivors, before the kill): the chance that a kill
+        # leaves one for the coordinator to abort after transaction.timeout.ms.
+        **_transactions(stats, killed_at - sizes.failover_kill_at_s + 1, killed_at),
+        "loadavg": os.getloadavg(),
         "requests": len(ids),
         "complete": complete,
         "victim_partitions": partitions,

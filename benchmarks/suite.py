@@ -22,9 +22,10 @@ from benchmarks import scenarios
 from benchmarks.scenarios import Sizes
 from benchmarks.session import Bench
 from connectors.settings import Settings
+from inference_consumer.config import WorkerConfig
 
 IMPLS = ("ours", "naive")
-SCENARIOS = ("control", "overhead", "duty", "scaling", "failover", "publish", "engine")
+SCENARIOS = ("control", "s3", "overhead", "duty", "scaling", "failover", "publish", "engine")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Report:
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    impls: tuple[str, ...] = IMPLS  # which implementations run (development: ours alone)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -82,14 +84,16 @@ def run_suite(
     selected: Iterable[str] = SCENARIOS,
     console: Console | None = None,
     ours_options: dict[str, Any] | None = None,
+    impls: tuple[str, ...] = IMPLS,
 ) -> Report:
     """Run ``selected`` scenarios (in ``SCENARIOS`` order) for both implementations.
 
-    ``ours_options`` are ``WorkerConfig`` overrides for our worker (tuning experiments).
+    ``ours_options`` are ``WorkerConfig`` overrides for our worker (tuning experiments);
+    ``impls`` limits the run to some implementations (development).
     """
     console = console or Console(stderr=True)
     chosen = [s for s in SCENARIOS if s in set(selected)]
-    report = Report(machine=machine_info(), sizes=sizes.__dict__.copy())
+    report = Report(machine=machine_info(), sizes=sizes.__dict__.copy(), impls=impls)
     report.machine["ours_options"] = dict(ours_options or {})
     bench = Bench(settings, console, ours_options)
     console.log(
@@ -129,7 +133,8 @@ def _both(
     report: Report, console: Console, name: str, call: Callable[[str], dict[str, Any]]
 ) -> dict[str, dict[str, Any] | None]:
     return {
-        impl: _attempt(report, console, f"{name}/{impl}", lambda i=impl: call(i)) for impl in IMPLS
+        impl: _attempt(report, console, f"{name}/{impl}", lambda i=impl: call(i))
+        for impl in report.impls
     }
 
 
@@ -157,12 +162,48 @@ def _control(bench: Bench, sizes: Sizes, report: Report, console: Console) -> No
     _rows(report, "control plane", runs, [
         ("throughput, publish → committed result", "req/s", "throughput_rps", 1, "≥ 1000"),
         ("completed within the time bound", "requests", "completed", 1, ""),
-        ("CPU per request: worker", "ms", "worker_cpu_ms_per_request", 1, ""),
-        ("CPU per request: Kafka broker", "ms", "kafka_cpu_ms_per_request", 1, ""),
+        ("CPU per request: worker", "ms", "worker_cpu_ms_per_request", 1, "≤ 1"),
+        ("  of which Python threads", "ms", "worker_python_cpu_ms_per_request", 1, ""),
+        ("  of which librdkafka threads", "ms", "worker_librdkafka_cpu_ms_per_request", 1, ""),
+        ("  of which obstore runtime", "ms", "worker_obstore_cpu_ms_per_request", 1, ""),
+        ("CPU per request: Kafka broker", "ms", "kafka_cpu_ms_per_request", 1, "≤ 1"),
         ("CPU per request: S3 (SeaweedFS)", "ms", "s3_cpu_ms_per_request", 1, ""),
         ("CPU per request: load + reader", "ms", "harness_cpu_ms_per_request", 1, ""),
         ("machine CPU busy (all cores)", "%", "machine_cpu_busy", 100, ""),
     ])  # fmt: skip
+
+
+def _s3(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
+    """Client CPU per put of each S3 client, and our worker's (and the naive one's) CPU per
+    request at zero service time with each (the control plane; obstore is the default)."""
+    from benchmarks.s3_clients import run_s3_clients
+    from connectors.object_store import OBJECT_STORES
+
+    def clients() -> dict[str, Any]:
+        return run_s3_clients(bench.settings, sizes.s3_puts)
+
+    figures = _attempt(report, console, "s3/clients", clients)
+    if figures is not None:
+        for label, text in (("4k_1t", "4 KB"), ("200k_1t", "200 KB"), ("4k_4t", "4 KB, 4 threads")):
+            report.rows.append(Row(
+                "S3 client", f"client CPU per put, {text} (ours: obstore, naive: boto3)", "ms",
+                figures["obstore"][label]["cpu_ms_per_put"],
+                figures["boto3"][label]["cpu_ms_per_put"],
+            ))  # fmt: skip
+    default = WorkerConfig.object_store
+    for kind in OBJECT_STORES:
+        if kind == default and "control/ours" in report.details:
+            runs = {i: report.details.get(f"control/{i}") for i in report.impls}
+        else:
+            runs = _both(
+                report, console, f"control-{kind}",
+                lambda i, k=kind: scenarios.control_plane(bench, i, sizes, {"object_store": k}),
+            )  # fmt: skip
+        _rows(report, "S3 client", runs, [
+            (f"worker CPU per request at zero service time, {kind}", "ms",
+             "worker_cpu_ms_per_request", 1, "≤ 1" if kind == default else ""),
+            (f"control-plane throughput, {kind}", "req/s", "throughput_rps", 1, ""),
+        ])  # fmt: skip
 
 
 def _overhead(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
@@ -214,11 +255,31 @@ def _failover(bench: Bench, sizes: Sizes, report: Report, console: Console) -> N
     runs = _both(report, console, "failover", lambda i: scenarios.failover(bench, i, sizes))
     victim = f"kill -9 of 1 of {sizes.failover_workers}"
     _rows(report, "failover", runs, [
-        (f"recovery after {victim}, last partition", "s", "recovery_s", 1, "≤ 10"),
+        (f"recovery after {victim}, last partition", "s", "recovery_s", 1, "≤ 5, ≤ naive"),
         ("recovery, first partition", "s", "recovery_first_s", 1, ""),
-        ("lost requests", "requests", "lost", 1, "0"),
-        ("duplicated results", "requests", "duplicated", 1, "0"),
     ])  # fmt: skip
+    every = [runs]
+    if sizes.failover_restarts:
+        # The victim comes back at once under its worker id (a StatefulSet pod), with dynamic
+        # and with static membership (a static member waits out UNRELEASED_INSTANCE_ID).
+        for static in (False, True):
+            kind = "static" if static else "dynamic"
+            variant = _both(
+                report, console, f"failover-restart-{kind}",
+                lambda i, s=static: scenarios.failover(bench, i, sizes, restart=True, static=s),
+            )  # fmt: skip
+            every.append(variant)
+            _rows(report, "failover", variant, [
+                (f"recovery, restarted at once, same id, {kind} membership", "s", "recovery_s",
+                 1, "≤ 5, ≤ naive"),
+            ])  # fmt: skip
+    for metric, key in (("lost requests", "lost"), ("duplicated results", "duplicated")):
+        totals = [
+            sum(v for v in values if v is not None) if any(v is not None for v in values) else None
+            for values in zip(*(_pick(r, key) for r in every), strict=True)
+        ]
+        label = f"{metric} (all {len(every)} runs)" if len(every) > 1 else metric
+        report.rows.append(Row("failover", label, "requests", *totals, "0"))
 
 
 def _publish(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
@@ -270,6 +331,7 @@ def _engine(bench: Bench, sizes: Sizes, report: Report, console: Console) -> Non
 
 _RUNNERS = {
     "control": _control,
+    "s3": _s3,
     "overhead": _overhead,
     "duty": _duty,
     "scaling": _scaling,

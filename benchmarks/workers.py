@@ -47,10 +47,11 @@ class WorkerSpec:
 class WorkerProcess:
     """One worker subprocess; its stderr goes to a log file, its stats to a JSON file."""
 
-    def __init__(self, spec: WorkerSpec, log_dir: Path) -> None:
+    def __init__(self, spec: WorkerSpec, log_dir: Path, *, incarnation: int = 0) -> None:
         self.spec = spec
-        self.log_path = log_dir / f"{spec.worker_id}.log"
-        self.stats_path = log_dir / f"{spec.worker_id}.stats.json"
+        name = spec.worker_id if not incarnation else f"{spec.worker_id}.{incarnation}"
+        self.log_path = log_dir / f"{name}.log"
+        self.stats_path = log_dir / f"{name}.stats.json"
         payload = {**dataclasses.asdict(spec), "stats_path": str(self.stats_path)}
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         with open(self.log_path, "wb") as log_file:
@@ -112,6 +113,14 @@ class WorkerPool:
         started = [WorkerProcess(spec, self.log_dir) for spec in specs]
         self.workers.extend(started)
         return started
+
+    def restart(self, worker: WorkerProcess) -> WorkerProcess:
+        """A new process with ``worker``'s spec (same worker id, so the same transactional.id
+        and, with static membership, the same group.instance.id): a pod that comes back."""
+        incarnation = sum(1 for w in self.workers if w.spec == worker.spec)
+        again = WorkerProcess(worker.spec, self.log_dir, incarnation=incarnation)
+        self.workers.append(again)
+        return again
 
     def check_alive(self, allow_dead: Iterable[WorkerProcess] = ()) -> None:
         allowed = set(map(id, allow_dead))
