@@ -123,6 +123,8 @@ def trace_commits(worker: Any) -> list[tuple[float, float, int]]:
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     configure_logging("INFO")
+    if os.environ.get("F2P_BENCH_SWITCH_INTERVAL_MS"):  # experiment: the GIL hand-off period
+        sys.setswitchinterval(float(os.environ["F2P_BENCH_SWITCH_INTERVAL_MS"]) / 1000)
     # The sim's default seconds_per_step: scenarios size time_scale with the same default
     # (``expected_service_time``).
     sim = SimEngine(max_batch_size=spec["max_batch_size"], time_scale=spec["time_scale"])

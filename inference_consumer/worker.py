@@ -214,6 +214,7 @@ class Worker:
             commit_interval_ms=c.commit_interval_ms,
             max_commit_interval_ms=c.max_commit_interval_ms,
             side_record_delay_ms=c.running_event_delay_ms,
+            busy_poll_s=c.busy_poll_ms / 1000,
             stall_timeout_s=c.stall_timeout_s,
         )
 
