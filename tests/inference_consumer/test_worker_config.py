@@ -74,7 +74,10 @@ def test_unparseable_variable_is_named(
         ("F2P_WORKER_MAX_IN_FLIGHT", "0"),
         ("F2P_WORKER_PREFETCH_THREADS", "-1"),
         ("F2P_WORKER_UPLOAD_THREADS", "0"),
-        ("F2P_WORKER_COMMIT_INTERVAL_MS", "0"),
+        ("F2P_WORKER_COMMIT_INTERVAL_MS", "-1"),  # 0 is valid: commit as soon as possible
+        ("F2P_WORKER_MAX_COMMIT_INTERVAL_MS", "-1"),
+        ("F2P_WORKER_BUSY_POLL_MS", "0"),
+        ("F2P_WORKER_OBJECT_STORE", "gcs"),
         ("F2P_WORKER_SESSION_TIMEOUT_MS", "0"),
         ("F2P_WORKER_TRANSACTION_TIMEOUT_MS", "-5"),
         ("F2P_WORKER_MAX_BATCH_WAIT_MS", "-1"),
