@@ -213,7 +213,7 @@ def control_plane(
 
 def _transactions(stats: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
     """Transactions the workers committed in [start, end] and their mean size (completions)
-    and duration, from the commit spans the runner records (``F2P_BENCH_TRACE=1``)."""
+    and duration, from the commit spans the runner records (on unless ``F2P_BENCH_TRACE=0``)."""
     spans = [s for w in stats for s in w.get("commits", []) if start <= s[0] <= end]
     if not spans:
         return {}

@@ -105,6 +105,10 @@ class LoopConfig:
     # meanwhile waits for the poll to return (half this on average) before it is collected;
     # an idle turn costs ~5 us of Python plus the poll call.
     busy_poll_s: float = 0.005
+    # A static member restarted after a crash is refused (UNRELEASED_INSTANCE_ID) until its
+    # old incarnation's session times out; it tries again this often (each try is a new
+    # consumer): the join lands at most this long after the session ends.
+    rejoin_wait_s: float = 0.25
     # Timeouts of the librdkafka calls made on the loop's thread (retried next turn).
     call_timeout_s: float = 2.0
     # The first wait for commit_transaction; a commit still running continues next turn.
@@ -225,7 +229,8 @@ class EosLoop:
                 except ConsumerFatal as exc:
                     self._replace_consumer(exc)
                     if exc.unreleased:
-                        stop.wait(1.0)  # the old member's session has to run out first
+                        # The old member's session has to run out first.
+                        stop.wait(self.config.rejoin_wait_s)
             self.drain(drain_timeout_s)
         finally:
             self.close()
