@@ -39,18 +39,22 @@ class RecordingEngine(Engine):
         self.model_info = inner.model_info
         self.max_batch_size = inner.max_batch_size
         self.intervals: list[tuple[float, float, int]] = []
+        # (start, CPU seconds of the call's thread): the simulated GPU's own work (drawing the
+        # images) runs in the worker process; the control plane reports the worker without it.
+        self.cpu: list[tuple[float, float]] = []
         self._lock = threading.Lock()
 
     def batch_key(self, params: GenerationParams, prompt: str | None = None) -> tuple:
         return self.inner.batch_key(params, prompt)
 
     def generate(self, batch: Sequence[EngineRequest]) -> list[EngineOutput]:
-        start = time.time()
+        start, cpu = time.time(), time.thread_time()
         try:
             return self.inner.generate(batch)
         finally:
             with self._lock:
                 self.intervals.append((start, time.time(), len(batch)))
+                self.cpu.append((start, time.thread_time() - cpu))
 
 
 def build_worker(spec: dict[str, Any], engine: Engine) -> Any:
@@ -145,6 +149,7 @@ def main(argv: list[str]) -> int:
         stats = {
             "worker_id": spec["worker_id"],
             "engine_intervals": engine.intervals,
+            "engine_cpu": engine.cpu,
             "busy_seconds": sim.busy_seconds,
             "calls": sim.calls,
             "commits": commits,

@@ -197,6 +197,12 @@ def control_plane(
         "window_s": usage["wall_s"],
         "loadavg": os.getloadavg(),
     }
+    # The sim engine draws its images on the worker's CPU: simulated GPU work, not the worker's.
+    engine_cpu = sum(c for s in stats for start, c in s.get("engine_cpu", []) if start >= started)
+    figures["sim_engine_cpu_ms_per_request"] = 1000 * engine_cpu / max(1, done)
+    figures["worker_without_engine_cpu_ms_per_request"] = (
+        1000 * usage.get("worker_cpu_s", 0.0) - 1000 * engine_cpu
+    ) / max(1, done)
     # The worker's CPU by thread kind: Python threads, librdkafka's, obstore's runtime.
     for kind, seconds in threads_after.items():
         used = seconds - threads_before.get(kind, 0.0)
