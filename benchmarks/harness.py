@@ -191,6 +191,9 @@ class Received:
     engine_s: float
     partition: int
     completed_at: float  # the worker's completed_at: outputs uploaded, before the commit
+    # The worker's own stage timings (whole milliseconds): queued (polled → engine start,
+    # fetch excluded), fetch (decode + face), encode and upload of the outputs.
+    stages: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 class ResultCollector:
@@ -236,6 +239,12 @@ class ResultCollector:
                         engine_s=result.timings.engine_ms / 1000,
                         partition=msg.partition(),
                         completed_at=result.completed_at.timestamp(),
+                        stages=(
+                            result.timings.queued_ms,
+                            result.timings.fetch_ms,
+                            result.timings.encode_ms,
+                            result.timings.upload_ms,
+                        ),
                     )
                 )
             if batch:

@@ -264,7 +264,14 @@ def overhead(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
     before_commit = [r.completed_at - sent[r.request_id] - r.engine_s for r in results]
     commit_and_read = [r.received - r.completed_at for r in results]
     finished = max((r.received for r in results), default=phase_start)
+    # The worker's stages (P50, whole ms); what they leave of "before commit" is the publisher's
+    # linger, the fetch and the hand-offs between threads.
+    stages = {
+        f"{name}_p50_ms": percentile([float(r.stages[i]) for r in results], 50)
+        for i, name in enumerate(("queued", "fetch", "encode", "upload"))
+    }
     return {
+        **stages,
         **_transactions(stats, phase_start, finished),
         "loadavg": os.getloadavg(),
         "service_time_ms": 1000 * sizes.overhead_service_s,

@@ -432,3 +432,16 @@ def test_side_records_wait_for_a_completion_to_carry_them() -> None:
     clock.now += 0.101  # nothing came to carry it: its own transaction
     run_turns(loop, 3)
     assert outputs(broker, "status") == Counter({b"running-1": 1, b"running-2": 1})
+
+
+def test_a_polled_backlog_is_handed_on_round_robin_over_partitions() -> None:
+    """A fetch returns one partition's backlog after the other's; the handler gets them
+    interleaved, so the second partition is not served only after the first's backlog."""
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a1", b"a2", b"a3"])
+    fill(broker, 1, [b"b1", b"b2"])
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0), (IN, 1)])
+    run_turns(loop, 5)
+    assert handler.handled == [b"a1", b"b1", b"a2", b"b2", b"a3"]
+    assert outputs(broker) == Counter(dict.fromkeys(handler.handled, 1))
