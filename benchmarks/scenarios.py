@@ -221,13 +221,16 @@ def _transactions(stats: list[dict[str, Any]], start: float, end: float) -> dict
     """Transactions the workers committed in [start, end] and their mean size (completions)
     and duration, from the commit spans the runner records (on unless ``F2P_BENCH_TRACE=0``)."""
     spans = [s for w in stats for s in w.get("commits", []) if start <= s[0] <= end]
+    workers = sum(1 for w in stats if w.get("commits"))
     if not spans:
         return {}
     return {
         "transactions": len(spans),
         "completions_per_transaction": sum(s[2] for s in spans) / len(spans),
         "transaction_ms_mean": 1000 * sum(s[1] - s[0] for s in spans) / len(spans),
-        "transaction_open_share": sum(s[1] - s[0] for s in spans) / max(1e-9, end - start),
+        # Per worker: the share of the window in which one of its transactions was open.
+        "transaction_open_share": sum(s[1] - s[0] for s in spans)
+        / max(1e-9, (end - start) * max(1, workers)),
     }
 
 
