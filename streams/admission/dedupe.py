@@ -54,9 +54,10 @@ def decode_entry(value: bytes) -> tuple[int, Seen]:
     return first_seen_ms, Seen(outcome)
 
 
-# An entry in memory is one int: first seen (epoch ms) << 3 | outcome. A tuple per entry cost
-# 64 bytes more; at 1 M entries the store went from 312 to ~190 bytes per entry (``f2p bench -s
-# restore``, docs/BENCHMARKS.md).
+# An entry in memory is one int: first seen (epoch ms) << 3 | outcome; the expiry queue holds
+# only the ids (the time is the entry's). A tuple per entry and a (time, id) tuple per queue slot
+# took 342 bytes per entry at 1 M entries, this 197 (``f2p bench -s restore``,
+# docs/BENCHMARKS.md).
 _OUTCOME_BITS = 3
 _OUTCOME_MASK = (1 << _OUTCOME_BITS) - 1
 _OUTCOMES = {int(seen): seen for seen in Seen}
