@@ -25,6 +25,9 @@ from connectors.settings import Settings
 
 IMPLS = ("ours", "naive")
 SCENARIOS = ("control", "overhead", "duty", "scaling", "failover", "publish", "engine")
+# Admission's figures (issue 8; benchmarks/fairness.py, admission_bench.py, restore_bench.py):
+# not in the default run, selected with -s.
+ADMISSION_SCENARIOS = ("fairness", "admission", "restore")
 
 
 @dataclass
@@ -88,7 +91,7 @@ def run_suite(
     ``ours_options`` are ``WorkerConfig`` overrides for our worker (tuning experiments).
     """
     console = console or Console(stderr=True)
-    chosen = [s for s in SCENARIOS if s in set(selected)]
+    chosen = [s for s in SCENARIOS + ADMISSION_SCENARIOS if s in set(selected)]
     report = Report(machine=machine_info(), sizes=sizes.__dict__.copy())
     report.machine["ours_options"] = dict(ours_options or {})
     bench = Bench(settings, console, ours_options)
@@ -276,4 +279,19 @@ _RUNNERS = {
     "failover": _failover,
     "publish": _publish,
     "engine": _engine,
+    "fairness": lambda *a: _admission_scenario("fairness", *a),
+    "admission": lambda *a: _admission_scenario("admission", *a),
+    "restore": lambda *a: _admission_scenario("restore", *a),
 }
+
+
+def _admission_scenario(
+    name: str, bench: Bench, sizes: Sizes, report: Report, console: Console
+) -> None:
+    """Admission's scenarios keep their own sizes; ``--quick`` picks their QUICK ones."""
+    import importlib
+
+    module = {"fairness": "fairness", "admission": "admission_bench", "restore": "restore_bench"}
+    importlib.import_module(f"benchmarks.{module[name]}").add_rows(
+        bench, sizes == scenarios.QUICK, report, console
+    )
