@@ -248,7 +248,7 @@ class EosLoop:
             self._update_lag()
 
     def _poll(self) -> None:
-        room = self.config.max_in_flight - self.assignment.in_flight()
+        room = self._room()
         busy = self.assignment.in_flight() > 0 or bool(self._pending)
         first = self.consumer.poll(0.005 if busy else 0.05)
         if first is None:
@@ -259,6 +259,20 @@ class EosLoop:
             redelivered += self._on_message(message)
         if redelivered:
             self.metrics.redelivered(redelivered)
+
+    def _room(self) -> int:
+        """How many messages this poll may take: the global room, and no more than the room
+        of the tightest capped topic still fetching. One consume returns any topic's
+        messages; without this, a low lane's prefetched backlog overshoots its cap up to the
+        global bound, which then pauses every lane above it until half of it is done."""
+        by_topic: Counter[str] = Counter()
+        for state in self.assignment:
+            by_topic[state.topic] += state.in_flight
+        room = self.config.max_in_flight - sum(by_topic.values())
+        for topic, cap in self.config.topic_in_flight.items():
+            if topic in by_topic and topic not in self._topic_paused:
+                room = min(room, cap - by_topic[topic])
+        return room
 
     def _on_message(self, message: Any) -> int:
         """Dispatch one message; 1 when it was skipped as already done."""

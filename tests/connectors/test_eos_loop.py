@@ -355,3 +355,32 @@ def test_an_idle_partition_is_committed_past_trailing_transaction_markers() -> N
     consumer.poll()  # the stub moves its position past the marker on the next fetch
     run_turns(loop, 5)
     assert broker.committed[("group", (IN, 0))][0] == 2
+
+
+def test_a_low_lanes_backlog_stays_within_its_cap_and_leaves_the_other_lanes_fetching() -> None:
+    """One consume() returns any topic's messages: it may take no more than the room of the
+    tightest capped topic, or a low lane's backlog overshoots its cap up to the global bound,
+    which pauses every lane (the fairness bench measured seconds of stall for the lane above)."""
+    broker, handler = StubBroker(), EchoHandler()
+    low = [f"low{i}".encode() for i in range(100)]
+    high = [f"high{i}".encode() for i in range(10)]
+    for v in low:
+        broker.append("low", 0, v, key=v)
+    for v in high:
+        broker.append(IN, 0, v, key=v)
+    handler.hold = set(low) | set(high)  # nothing completes: in-flight only grows
+    consumer = StubConsumer(broker, "group")
+    loop = EosLoop(
+        topics=["low", IN],
+        create_consumer=lambda: consumer,
+        producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1"),
+        handler=handler,
+        config=LoopConfig(max_in_flight=16, topic_in_flight={"low": 2}, commit_interval_ms=0),
+    )
+    handler.loop = loop
+    loop.start()
+    consumer.assign([("low", 0), (IN, 0)])  # the stub serves the first partition first
+    run_turns(loop, 20)
+    assert sum(v.startswith(b"low") for v in handler.handled) <= 2 + 1  # cap + one poll
+    assert [v for v in handler.handled if v.startswith(b"high")] == high
+    assert ("low", 0) in consumer.paused and (IN, 0) not in consumer.paused
