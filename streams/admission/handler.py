@@ -142,7 +142,10 @@ class AdmissionHandler:
         self.source = f"admission/{config.instance_id}"
         self.loop: EosLoop | None = None
         self.stores: dict[int, PartitionStore] = {}
-        self.buckets: dict[int, TokenBuckets] = {}
+        # One bucket per tenant for all the repartition partitions this instance owns, with
+        # their share of the tenant's quota (quotas.py: per-partition buckets held 1/N of the
+        # burst each, and a tenant at its quota spilled over it by chance).
+        self.buckets = TokenBuckets(self.policy, self.repartition_count)
         self._restores: dict[int, StoreRestore] = {}
         self._waiting: list[tuple[float, int, IngressMessage]] = []  # registry down: retry later
         self._seq = itertools.count()
@@ -184,7 +187,8 @@ class AdmissionHandler:
         for topic, partition in tps:
             if topic == self.topics.admission_repartition:
                 self.stores.pop(partition, None)
-                self.buckets.pop(partition, None)
+                if self.stores:
+                    self.buckets.shares = self.repartition_count / len(self.stores)
                 self._restores.pop(partition, None)
         gone = set(tps)
         self._waiting = [w for w in self._waiting if w[2].ref.tp not in gone]
@@ -241,7 +245,7 @@ class AdmissionHandler:
             )
             return False
         self.stores[partition] = restore.store
-        self.buckets[partition] = TokenBuckets(self.policy, self.repartition_count)
+        self.buckets.shares = self.repartition_count / len(self.stores)
         self.metrics.restore_seconds.observe(restore.seconds)
         log.info(
             "dedupe state restored",
@@ -435,7 +439,7 @@ class AdmissionHandler:
             return Seen.CANCELLED, None, ResultError(code="CANCELLED", message=message)
         lane = "interactive" if request.lane is Lane.INTERACTIVE else "batch"
         cost = self.policy.cost(request.params)
-        if self.buckets[partition].admit(request.tenant_id, cost):
+        if self.buckets.admit(request.tenant_id, cost):
             return Seen.ACCEPTED, lane, None
         if self.policy.of(request.tenant_id).over_quota == "reject":
             message = f"tenant {request.tenant_id} is over its GPU-second quota"
