@@ -217,12 +217,16 @@ def fairness(bench: Bench, mode: str, sizes: FairnessSizes) -> dict[str, Any]:
     a_flood = set(publisher.ids_of("a", flood_start))
     b_sent = len(publisher.ids_of("b", flood_start)) / window
     c_sent = len(publisher.ids_of("c", flood_start)) / window
+    busy = _busy(stats, flood_start, flood_end, sizes.workers)
     figures.update({
         "a_sent_rps": len(a_flood) / window,
         "a_flood_rps": sum(1 for r in in_flood if r.request_id in a_flood) / window,
-        "a_target_rps": capacity - b_sent - c_sent,  # its quota + the leftover capacity
+        # Its quota + the leftover: what the engine delivered (busy share of its bound) minus
+        # what B and C asked for; the engine's own idle time is the row below, not A's due.
+        "a_target_rps": busy * capacity - b_sent - c_sent,
+        "a_target_nominal_rps": capacity - b_sent - c_sent,
         "fleet_flood_rps": len(in_flood) / window,
-        "engine_busy_flood": _busy(stats, flood_start, flood_end, sizes.workers),
+        "engine_busy_flood": busy,
         "bc_incomplete": figures["b_incomplete"] + figures["c_incomplete"],
     })  # fmt: skip
     if admission:
@@ -282,7 +286,8 @@ def add_rows(bench: Bench, quick: bool, report: Any, console: Any) -> None:
     quota = sizes.shares[0] * sizes.workers / sizes.service_s
     rows += [
         Row(name, "A throughput while flooding", "req/s", *pick("a_flood_rps"),
-            f"≥ {target:.1f} (quota {quota:.0f} + leftover)" if target else ""),
+            f"≥ {target:.1f} (quota {quota:.0f} + leftover of the busy engine)"
+            if target else ""),
         Row(name, "fleet throughput while A floods", "req/s", *pick("fleet_flood_rps"),
             f"engine bound {sizes.workers / sizes.service_s:.0f}"),
         Row(name, "engine busy while A floods", "%", *pick("engine_busy_flood", 100),
