@@ -194,9 +194,15 @@ class Worker:
         weights = dict(c.lane_weights)
         heaviest = max(weights.values())
         # A lane may hold a share of the in-flight slots in proportion to its weight (the
-        # heaviest lane all of them), so a low lane's backlog always leaves room above it.
+        # heaviest lane all of them), so a low lane's backlog always leaves room above it; but
+        # never less than two full batches (one in the engine, one filling), or a lone low lane
+        # runs the GPU on small batches (64 slots: batch lane 16, overquota 4 < a batch of 4+).
+        floor = 2 * self.engine.max_batch_size
         caps = {
-            topic: max(1, round(c.max_in_flight * weights.get(lane, 1.0) / heaviest))
+            topic: min(
+                c.max_in_flight,
+                max(floor, round(c.max_in_flight * weights.get(lane, 1.0) / heaviest)),
+            )
             for topic, lane in self.lane_of_topic.items()
             if topic in self.topics
         }
