@@ -213,7 +213,7 @@ class KafkaTimeouts:
     """Failure-detection timeouts of one worker.
 
     A single-node cluster cannot fail over, so its members can detect each other's death fast
-    (6 s session, 10 s transactions: a kill -9 is over in seconds). A real cluster's brokers
+    (4 s session, 6 s transactions: a kill -9 is over in seconds). A real cluster's brokers
     detect a dead broker after broker.session.timeout.ms (9 s) and then move leadership and
     group coordinators; a client session shorter than that expired every worker at once when the
     coordinator's broker died (issue 7: all sessions lost, every open transaction aborted). So
@@ -231,7 +231,7 @@ class KafkaTimeouts:
     def for_cluster(cls, brokers: int) -> KafkaTimeouts:
         if brokers <= 1:
             return cls(
-                session_timeout_ms=6000, heartbeat_interval_ms=1000, transaction_timeout_ms=10_000
+                session_timeout_ms=4000, heartbeat_interval_ms=500, transaction_timeout_ms=6000
             )
         return cls(
             session_timeout_ms=20_000, heartbeat_interval_ms=3000, transaction_timeout_ms=20_000

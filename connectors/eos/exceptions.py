@@ -23,7 +23,15 @@ class ProducerWedged(ProducerFenced):
 
 
 class ConsumerFatal(EosError):
-    """The consumer hit a fatal error; librdkafka's rule: replace the instance."""
+    """The consumer hit a fatal error; librdkafka's rule: replace the instance.
+
+    ``unreleased``: the static member id is still held by a crashed previous incarnation
+    (UNRELEASED_INSTANCE_ID): join again shortly, it frees itself at its session timeout.
+    """
+
+    def __init__(self, message: str, *, unreleased: bool = False) -> None:
+        super().__init__(message)
+        self.unreleased = unreleased
 
 
 class ProcessorFatal(EosError):

@@ -157,6 +157,7 @@ class EosLoop:
         self._last_turn = clock()
         self._last_lag = float("-inf")
         self._consumer_fatal_at = float("-inf")
+        self._unreleased_since: float | None = None
         self._restore_turn = 0
         self._next_prepare = float("-inf")
         self.assigned_once = False
@@ -201,6 +202,8 @@ class EosLoop:
                     self.turn()
                 except ConsumerFatal as exc:
                     self._replace_consumer(exc)
+                    if exc.unreleased:
+                        stop.wait(1.0)  # the old member's session has to run out first
             self.drain(drain_timeout_s)
         finally:
             self.close()
@@ -263,7 +266,10 @@ class EosLoop:
         if error is not None:
             # A fatal error reaches poll() as an event with code _FATAL and fatal() False.
             if error.fatal() or error.code() == KafkaError._FATAL:
-                raise ConsumerFatal(f"consumer fatal error: {error}")
+                raise ConsumerFatal(
+                    f"consumer fatal error: {error}",
+                    unreleased="instance ID is still used" in error.str(),
+                )
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error)
             return 0
@@ -508,6 +514,7 @@ class EosLoop:
             # Paused until restored. librdkafka also keeps a pause flag across unassign/assign.
             consumer.pause(partitions)
         self.assigned_once = True
+        self._unreleased_since = None  # joined: a later UNRELEASED_INSTANCE_ID is a new episode
         self._update_assignment_metrics()
         log.info(
             "partitions assigned",
@@ -545,11 +552,22 @@ class EosLoop:
         Seen after a broker restart: a static member that rejoined after its session timed out
         was fenced by its own new member id (FENCED_INSTANCE_ID, fatal in librdkafka). Fenced
         again within a minute means another live process has this id: ProcessorFatal.
+
+        UNRELEASED_INSTANCE_ID is different: a static member restarted after a crash (KIP-848)
+        finds its old incarnation still in the group until that one's session times out; it
+        simply joins again a second later, for up to two minutes.
         """
         now = self.clock()
-        if now - self._consumer_fatal_at < 60:
-            raise ProcessorFatal(f"{exc} (again within 60 s: is this member id in use twice?)")
-        self._consumer_fatal_at = now
+        if exc.unreleased:
+            if self._unreleased_since is None:
+                self._unreleased_since = now
+            if now - self._unreleased_since > 120:
+                raise ProcessorFatal(f"{exc} (for 2 minutes: is this member id in use twice?)")
+            log.warning("static member id still held by a previous incarnation; joining again")
+        else:
+            if now - self._consumer_fatal_at < 60:
+                raise ProcessorFatal(f"{exc} (again within 60 s: is this member id in use twice?)")
+            self._consumer_fatal_at = now
         log.error("%s: replacing the consumer", exc)
         self._drop(self.assignment.keys())
         with contextlib.suppress(Exception):  # it is dead; its revoke commits nothing now

@@ -214,6 +214,7 @@ class TransactionalProducer:
             if err is not None:
                 self._delivery_errors[index] = err
 
+        refreshed = False
         while True:
             try:
                 self.producer.produce(
@@ -231,6 +232,16 @@ class TransactionalProducer:
                 error = kafka_error(exc)
                 if error is not None and error.code() in REFUSED_CODES:
                     return error
+                if (
+                    error is not None
+                    and error.code() == KafkaError._UNKNOWN_PARTITION
+                    and not refreshed
+                ):
+                    # A partition added since the producer last fetched metadata (a topic
+                    # grown mid-run): fetch it now rather than in minutes.
+                    refreshed = True
+                    self.producer.list_topics(record.topic, timeout=self.call_timeout_s)
+                    continue
                 raise
 
     def _sort(self, exc: KafkaException, doing: str) -> None:

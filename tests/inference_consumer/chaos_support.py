@@ -45,7 +45,8 @@ def topic_suffix(settings: Settings) -> str:
 
 @dataclass
 class WorkerProcess:
-    """One ``f2p worker`` subprocess; every (re)start logs to its own file."""
+    """One ``f2p worker`` (or ``f2p streams admission``) subprocess; every (re)start logs to
+    its own file."""
 
     worker_id: str
     args: list[str]
@@ -54,6 +55,7 @@ class WorkerProcess:
     proc: subprocess.Popen | None = None
     starts: int = 0
     logs: list[Path] = field(default_factory=list)
+    command: tuple[str, ...] = ("worker", "--worker-id")
 
     def start(self) -> None:
         self.starts += 1
@@ -61,7 +63,7 @@ class WorkerProcess:
         self.logs.append(log_file)
         with log_file.open("wb") as out:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "f2p_cli", "worker", "--worker-id", self.worker_id, *self.args],
+                [PYTHON, "-m", "f2p_cli", *self.command, self.worker_id, *self.args],
                 cwd=REPO_ROOT,
                 env=self.env,
                 stdout=out,
@@ -94,9 +96,10 @@ class WorkerProcess:
     def booted(self) -> bool:
         """The current process got past start-up (signal handlers installed, consumer created)."""
         log = self.logs[-1] if self.logs else None
-        return (
-            log is not None and log.exists() and "worker started" in log.read_text(errors="replace")
-        )
+        if log is None or not log.exists():
+            return False
+        text = log.read_text(errors="replace")
+        return "worker started" in text or "admission started" in text
 
 
 class WorkerFleet:
@@ -133,6 +136,22 @@ class WorkerFleet:
             self.workers[worker_id] = worker
         worker.start()
         return worker
+
+    def start_admission(self, instance_id: str, group_id: str) -> WorkerProcess:
+        """(Re)start an admission instance in ``group_id`` (same process bookkeeping)."""
+        process = self.workers.get(instance_id)
+        if process is None:
+            env = {**self.env, "F2P_ADMISSION_GROUP_ID": group_id}
+            process = WorkerProcess(
+                instance_id,
+                [],
+                env,
+                self.log_dir,
+                command=("streams", "admission", "--instance-id"),
+            )
+            self.workers[instance_id] = process
+        process.start()
+        return process
 
     def alive(self) -> list[WorkerProcess]:
         return [w for w in self.workers.values() if w.alive()]
@@ -296,26 +315,40 @@ class PacedPublisher(threading.Thread):
 
     def run(self) -> None:
         producer = make_producer(self.settings, client_id="chaos-publisher")
+        # Duplicates come the way other teams' clients send: librdkafka's default partitioner
+        # (CRC32 / random), no key, or the other ingress topic.
+        other = make_producer(
+            self.settings, client_id="chaos-other-client", partitioner="consistent_random"
+        )
 
         def on_delivery(err, msg) -> None:
             if err is not None:
                 self.errors.append(str(err))
-            else:
-                self.partition_of[msg.key().decode()] = (msg.topic(), msg.partition())
 
+        t = self.settings.topics
         started = time.monotonic()
+        duplicates = 0
         for n, s in enumerate(self.submissions):
             due = started + n / self.rate
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            topic, value = self.encoded[s.request.request_id]
-            producer.produce(
-                topic, key=s.request.request_id.encode(), value=value, on_delivery=on_delivery
-            )
+            rid = s.request.request_id
+            topic, value = self.encoded[rid]
+            if not s.duplicate:
+                producer.produce(topic, key=rid.encode(), value=value, on_delivery=on_delivery)
+            else:
+                duplicates += 1
+                way = duplicates % 3
+                key = None if way == 1 else rid.encode()
+                if way == 2:
+                    topic = t.requests_batch if topic == t.requests_interactive else (
+                        t.requests_interactive)  # fmt: skip
+                other.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                other.poll(0)
             producer.poll(0)
             self.published += 1
-        remaining = producer.flush(60)
+        remaining = producer.flush(60) + other.flush(60)
         if remaining:
             self.errors.append(f"{remaining} messages not delivered")
         self.finished_at = time.monotonic()

@@ -1,9 +1,10 @@
-"""Chaos against the real stack: kill -9 of workers, a broker restart, an S3 outage.
+"""Chaos against the real stack: kill -9 of workers and admission, a broker restart, an S3 outage.
 
-Each test runs real ``f2p worker`` processes (sim engine) on the ``pipeline`` fixture's private
-topics and ends with the product's core promise, checked by a read_committed scan of the
-results topic: exactly one result per unique request_id — none missing, none twice — and
-nothing on the dead-letter queue.
+Each test runs real ``f2p streams admission`` and ``f2p worker`` processes (sim engine) on the
+``pipeline`` fixture's private topics, publishes to the ingress topics (duplicates the way other
+teams' clients send them: another partitioner, no key, the other ingress topic), and ends with
+the product's core promise, checked by a read_committed scan of the results topic: exactly one
+result per unique request_id — none missing, none twice — and nothing on the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.claim_check import face_ref
 from connectors.kafka import make_consumer, make_transactional_producer
+from connectors.partitioner import partition_for
 from connectors.s3 import make_s3_client
 from f2p_errors import F2PError
 from infra.stack.config import load_stack_config
@@ -77,14 +79,24 @@ def finish(
     group_id: str,
     timeout_s: float,
     worker_ids: list[str],
+    *,
+    admission_group: str | None = None,
 ) -> float:
-    """Wait for every result and an empty backlog, check that none of ``worker_ids`` died on
-    its own, then stop them gracefully (SIGTERM: drain, commit, exit 0)."""
+    """Wait for every result and an empty backlog (workers' and admission's lag 0), check that
+    none of ``worker_ids`` died on its own, then stop them gracefully (SIGTERM: drain, commit,
+    exit 0)."""
+    t = settings.topics
+    admission_topics = [*t.request_lanes, t.admission_repartition]
 
     def done() -> bool:
         try:
-            return expected <= {r.request_id for r in scan_results(settings, codec)} and (
-                group_caught_up(settings, group_id)
+            return (
+                expected <= {r.request_id for r in scan_results(settings, codec)}
+                and group_caught_up(settings, group_id)
+                and (
+                    admission_group is None
+                    or group_caught_up(settings, admission_group, admission_topics)
+                )
             )
         except (KafkaException, F2PError):  # a broker just restarted may still elect leaders
             return False
@@ -142,8 +154,11 @@ def recovery_times(
 
 
 @pytest.mark.timeout(300)
-def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path):
-    """4 workers, 2,000 submissions (5 % duplicates), a random worker kill -9'd every few s."""
+def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path, admin):
+    """2 admission instances and 4 workers, 2,000 submissions (5 % duplicates sent by other
+    clients' partitioners, without a key or to the other ingress topic), a random process
+    kill -9'd every few seconds (admission too), and the ingress topics and lanes grown from 8
+    to 12 partitions mid-run."""
     seed = int(time.time())
     rng = random.Random(seed)
     n_submissions, n_duplicates = 2000, 100
@@ -154,11 +169,14 @@ def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path):
     expected = {r.request_id for r in unique}
     schedule = schedule_with_duplicates(unique, n_duplicates, rng)
     group_id = unique_name("chaos-group")
+    admission_group = unique_name("chaos-admission")
     fleet = WorkerFleet(pipeline, tmp_path / "logs", group_id=group_id, sim_time_scale=2.0)
     worker_ids = [f"chaos-{i}" for i in range(4)]
+    admission_ids = ["chaos-adm-0", "chaos-adm-1"]
     kills: list[tuple[float, str]] = []
     replaced: dict[int, str] = {}  # kill number -> new worker id (the restart with a new id)
     failovers = 0  # kills that stayed down past the session timeout
+    raised = False
     started = time.monotonic()
     # Both membership kinds in one group: static members (group.instance.id = worker id) get
     # their partitions back without a rebalance when they return within the session timeout;
@@ -166,62 +184,85 @@ def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path):
     static = {wid: str(i % 2 == 0).lower() for i, wid in enumerate(worker_ids)}
 
     def start(wid: str) -> None:
-        fleet.start(wid, {"F2P_WORKER_STATIC_MEMBERSHIP": static[wid]})
+        if wid in admission_ids:
+            fleet.start_admission(wid, admission_group)
+        else:
+            fleet.start(wid, {"F2P_WORKER_STATIC_MEMBERSHIP": static[wid]})
 
     try:
-        for wid in worker_ids:
+        for wid in admission_ids + worker_ids:
             start(wid)
         publisher = PacedPublisher(pipeline, codec, schedule, rate_per_s=50)
         publisher.start()
-        new_id_at = rng.randint(3, 6)  # once, the restart comes back under a new worker id
-        down: dict[int, float] = {}  # worker index -> when it comes back (long outages)
+        new_id_at = rng.randint(3, 6)  # once, a worker's restart comes under a new worker id
+        down: dict[str, float] = {}  # process id -> when it comes back (long outages)
         while publisher.is_alive():
             time.sleep(rng.uniform(2.0, 4.0))
-            for index, due in list(down.items()):
+            if not raised and publisher.published > n_submissions // 2:
+                raised = True
+                _grow(admin, pipeline, 12)
+            for pid, due in list(down.items()):
                 if time.monotonic() >= due:
-                    start(worker_ids[index])
-                    del down[index]
-            up = [i for i in range(len(worker_ids)) if i not in down]
-            died = [worker_ids[i] for i in up if not fleet.workers[worker_ids[i]].alive()]
-            assert not died, f"workers died on their own: {died}\n{fleet.log_tail()}"
-            victim_index = rng.choice(up)
-            victim = fleet.workers[worker_ids[victim_index]]
+                    start(pid)
+                    del down[pid]
+            running = [p for p in admission_ids + worker_ids if p not in down]
+            died = [p for p in running if not fleet.workers[p].alive()]
+            assert not died, f"died on their own: {died}\n{fleet.log_tail()}"
+            # Every third kill hits admission (keeping one instance up).
+            admission_up = [p for p in admission_ids if p in running]
+            pool = admission_up if len(kills) % 3 == 1 and len(admission_up) == 2 else [
+                p for p in running if p in worker_ids
+            ]  # fmt: skip
+            victim_id = rng.choice(pool)
+            victim = fleet.workers[victim_id]
             victim.kill9()
-            kills.append((time.time(), victim.worker_id))
-            if len(kills) == new_id_at:
+            kills.append((time.time(), victim_id))
+            if victim_id in admission_ids:
                 time.sleep(rng.uniform(0.0, 1.5))
-                new_id = f"{victim.worker_id}-b"
-                static[new_id] = static[victim.worker_id]
-                worker_ids[victim_index] = new_id
+                start(victim_id)
+            elif len(kills) == new_id_at:
+                time.sleep(rng.uniform(0.0, 1.5))
+                new_id = f"{victim_id}-b"
+                static[new_id] = static[victim_id]
+                worker_ids[worker_ids.index(victim_id)] = new_id
                 replaced[len(kills) - 1] = new_id
                 start(new_id)
-            elif len(kills) % 3 == 2:
+            elif sum(k[1] not in admission_ids for k in kills) % 2 == 0:
                 # Down for longer than the session timeout: the group fails its partitions
                 # over to the survivors, and takes them back when it returns.
-                down[victim_index] = time.monotonic() + rng.uniform(7.0, 9.0)
+                down[victim_id] = time.monotonic() + rng.uniform(7.0, 9.0)
                 failovers += 1
             else:
                 # Back within the session timeout: a static member resumes its partitions.
                 time.sleep(rng.uniform(0.0, 1.5))
-                start(victim.worker_id)
-        for index in down:
-            start(worker_ids[index])
+                start(victim_id)
+        for pid in down:
+            start(pid)
         publisher.join(60)
         assert not publisher.errors, publisher.errors
         published_s = time.monotonic() - started
-        drain_s = finish(fleet, pipeline, codec, expected, group_id, 150, worker_ids)
+        drain_s = finish(
+            fleet, pipeline, codec, expected, group_id, 150, admission_ids + worker_ids,
+            admission_group=admission_group,
+        )  # fmt: skip
         results = assert_exactly_once(pipeline, codec, expected, fleet)
     finally:
         fleet.kill_all()
-    recoveries = recovery_times(kills, results, publisher.partition_of, replaced)
+    lanes = {r.request_id: r.lane for r in unique}
+    partition_of = {
+        rid: (lane.value, partition_for(rid, 8)) for rid, lane in lanes.items()
+    }  # recovery estimate: lane partitions before the raise
+    recoveries = recovery_times(
+        [k for k in kills if k[1] not in admission_ids], results, partition_of, replaced
+    )
     total_s = time.monotonic() - started
     print(
         f"chaos (seed {seed}): submissions={n_submissions} unique={len(expected)} "
-        f"duplicates={n_duplicates} "
-        f"kills={len(kills)} (down past the session timeout: {failovers}, restarted under a "
-        f"new id: {sorted(replaced.values())}) "
-        f"results={len(results)} publish={published_s:.1f}s drain={drain_s:.1f}s "
-        f"total={total_s:.1f}s"
+        f"duplicates={n_duplicates} kills={len(kills)} "
+        f"(admission: {sum(k[1] in admission_ids for k in kills)}, down past the session "
+        f"timeout: {failovers}, restarted under a new id: {sorted(replaced.values())}) "
+        f"partitions raised to 12: {raised} results={len(results)} publish={published_s:.1f}s "
+        f"drain={drain_s:.1f}s total={total_s:.1f}s"
     )
     if recoveries:
         print(
@@ -229,6 +270,18 @@ def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path):
             f"median={statistics.median(recoveries):.1f}s max={max(recoveries):.1f}s "
             f"n={len(recoveries)}"
         )
+
+
+def _grow(admin, settings, partitions: int) -> None:
+    """Raise the ingress topics and the lanes (not the repartition topic: it routes
+    request_ids to their dedupe state) to ``partitions``, as an operator would mid-run."""
+    from confluent_kafka.admin import NewPartitions
+
+    t = settings.topics
+    topics = [*t.request_lanes, *t.worker_lanes.values(), t.retry]
+    futures = admin.create_partitions([NewPartitions(topic, partitions) for topic in topics])
+    for future in futures.values():
+        future.result(30)
 
 
 @pytest.mark.timeout(120)
@@ -280,10 +333,12 @@ def test_broker_restart_mid_run(pipeline, codec, unique_name, tmp_path):
     group_id = unique_name("broker-group")
     fleet = WorkerFleet(pipeline, tmp_path / "logs", group_id=group_id, sim_time_scale=10.0)
     worker_ids = ["broker-0", "broker-1"]
+    admission_group = unique_name("broker-admission")
     config = load_stack_config()
     started = time.monotonic()
     try:
         publish_all(pipeline, codec, requests)
+        fleet.start_admission("broker-adm", admission_group)
         # One static member (group.instance.id), one dynamic: both must ride out the outage.
         for wid, static in zip(worker_ids, ("true", "false"), strict=True):
             fleet.start(wid, {"F2P_WORKER_STATIC_MEMBERSHIP": static})
@@ -300,7 +355,10 @@ def test_broker_restart_mid_run(pipeline, codec, unique_name, tmp_path):
         outage_s = time.monotonic() - killed_at
         # Restarted here, or by a concurrent session's stack_up on the same stack.
         assert component_pid("kafka") != killed_pid, report.actions
-        drain_s = finish(fleet, pipeline, codec, expected, group_id, 150, worker_ids)
+        drain_s = finish(
+            fleet, pipeline, codec, expected, group_id, 150, ["broker-adm", *worker_ids],
+            admission_group=admission_group,
+        )  # fmt: skip
         results = assert_exactly_once(pipeline, codec, expected, fleet)
     finally:
         fleet.kill_all()
@@ -339,10 +397,12 @@ def test_s3_outage_mid_run(pipeline, codec, unique_name, tmp_path):
         extra_env={"F2P_WORKER_RETRY_MAX_ATTEMPTS": "8"},
     )
     worker_ids = ["s3-0", "s3-1"]
+    admission_group = unique_name("s3-admission")
     config = load_stack_config()
     started = time.monotonic()
     try:
         publish_all(pipeline, codec, requests)
+        fleet.start_admission("s3-adm", admission_group)
         for wid in worker_ids:
             fleet.start(wid)
         met, _ = wait_until(lambda: result_count(pipeline, codec) >= 100, 90, interval_s=0.5)
@@ -357,7 +417,10 @@ def test_s3_outage_mid_run(pipeline, codec, unique_name, tmp_path):
         assert component_pid("s3") != killed_pid, report.actions
         assert before < len(expected), "the backlog was done before S3 went away"
         during = result_count(pipeline, codec)
-        drain_s = finish(fleet, pipeline, codec, expected, group_id, 150, worker_ids)
+        drain_s = finish(
+            fleet, pipeline, codec, expected, group_id, 150, ["s3-adm", *worker_ids],
+            admission_group=admission_group,
+        )  # fmt: skip
         results = assert_exactly_once(pipeline, codec, expected, fleet)
         # The outage was felt: transient failures were retried in place or via the retry topic.
         in_place = fleet.grep("retrying in")
