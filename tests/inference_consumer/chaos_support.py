@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,14 +254,6 @@ def lane_topic(settings: Settings, request: GenerationRequest) -> str:
     return t.requests_interactive if request.lane.value == "INTERACTIVE" else t.requests_batch
 
 
-def internal_lane_topic(settings: Settings, request: GenerationRequest) -> str:
-    """The internal lane admission would write ``request`` to (within quota): for tests of the
-    workers alone. Keyed by request_id with the murmur2 producer, a record lands on the
-    partition admission would choose (``connectors.partitioner``)."""
-    t = settings.topics
-    return t.lanes_interactive if request.lane.value == "INTERACTIVE" else t.lanes_batch
-
-
 @dataclass
 class Submission:
     """One produce of a request: the original or a duplicate submission of the same bytes."""
@@ -286,8 +278,7 @@ def schedule_with_duplicates(
 
 
 class PacedPublisher(threading.Thread):
-    """Publishes submissions at ``rate_per_s`` on a background thread, recording partitions;
-    to the ingress topics by default, or where ``topic_for`` says."""
+    """Publishes submissions at ``rate_per_s`` on a background thread, recording partitions."""
 
     def __init__(
         self,
@@ -295,7 +286,6 @@ class PacedPublisher(threading.Thread):
         codec: AvroCodec,
         submissions: list[Submission],
         rate_per_s: float,
-        topic_for: Callable[[Settings, GenerationRequest], str] = lane_topic,
     ) -> None:
         super().__init__(name="paced-publisher", daemon=True)
         self.settings = settings
@@ -306,7 +296,7 @@ class PacedPublisher(threading.Thread):
         for s in submissions:
             rid = s.request.request_id
             if rid not in self.encoded:
-                topic = topic_for(settings, s.request)
+                topic = lane_topic(settings, s.request)
                 self.encoded[rid] = (topic, codec.encode(topic, s.request))
         self.partition_of: dict[str, tuple[str, int]] = {}
         self.published = 0

@@ -18,17 +18,11 @@ import uuid
 from collections import Counter
 
 import pytest
-from chaos_support import (
-    PacedPublisher,
-    Submission,
-    WorkerFleet,
-    exactly_once_report,
-    group_caught_up,
-    internal_lane_topic,
-    wait_until,
-)
+from chaos_support import WorkerFleet, exactly_once_report, group_caught_up, wait_until
 from confluent_kafka.admin import AdminClient
 
+from connectors.kafka import make_producer
+from connectors.settings import Settings
 from inference_consumer.engines.sim import expected_service_time
 from infra.monitoring.lag_exporter import LagCollector
 from schemas.images import make_sample_face
@@ -53,6 +47,40 @@ def request(n: int) -> GenerationRequest:
         f"tenant-{n % 3}", "studio portrait", FACE, width=SIZE, height=SIZE, steps=STEPS,
         true_cfg_scale=1.0, lane=Lane.INTERACTIVE if n % 4 == 0 else Lane.BATCH,
     )  # fmt: skip
+
+
+def publish_phase(
+    settings: Settings, codec, first: int, rate: float, seconds: float
+) -> list[GenerationRequest]:
+    """``rate`` requests/s for ``seconds`` to the internal lanes, as admission writes them (keyed
+    by request_id: the murmur2 producer puts each on admission's partition). Each request is
+    made as it is sent, so its submitted_at (where end-to-end starts) is its publish time."""
+    producer = make_producer(settings, client_id="scaling-publisher")
+    errors: list[str] = []
+    sent: list[GenerationRequest] = []
+
+    def on_delivery(err, _msg) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    started = time.monotonic()
+    for n in range(int(rate * seconds)):
+        delay = started + n / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing the arrivals, not waiting for a condition
+        r = request(first + n)
+        t = settings.topics
+        topic = t.lanes_interactive if r.lane is Lane.INTERACTIVE else t.lanes_batch
+        producer.produce(
+            topic,
+            key=r.request_id.encode(),
+            value=codec.encode(topic, r),
+            on_delivery=on_delivery,
+        )
+        producer.poll(0)
+        sent.append(r)
+    assert producer.flush(60) == 0 and not errors, errors
+    return sent
 
 
 class Autoscaler(threading.Thread):
@@ -129,12 +157,7 @@ def test_workers_added_and_drained_under_load_give_one_outcome_each(
         scaler.start()
         wait_until(lambda: all(w.booted() for w in fleet.alive()), 60)
         for rate, seconds in PHASES:
-            phase = [request(len(requests) + n) for n in range(int(rate * seconds))]
-            requests += phase
-            submissions = [Submission(r, False) for r in phase]
-            publisher = PacedPublisher(pipeline, codec, submissions, rate, internal_lane_topic)
-            publisher.run()
-            assert not publisher.errors, publisher.errors
+            requests += publish_phase(pipeline, codec, len(requests), rate, seconds)
         caught_up, _ = wait_until(lambda: group_caught_up(pipeline, group), 45, interval_s=1)
         assert caught_up, "the group did not catch up\n" + fleet.log_tail()
     finally:
