@@ -244,8 +244,8 @@ class Worker:
             )
             if refused:
                 log.warning(
-                    "group %s keeps the broker's session timeout (raise nothing, lower "
-                    "group.consumer.min.session.timeout.ms to allow %d ms): %s",
+                    "could not set group %s's session timeout to %d ms (it keeps what it has; "
+                    "a broker may need a lower group.consumer.min.session.timeout.ms): %s",
                     self.config.group_id,
                     timeouts.session_timeout_ms,
                     refused,
