@@ -41,6 +41,8 @@ _COMMANDS = (
     ("connectors.cli", "publish_cmd"),
     ("connectors.cli", "results_cmd"),
     ("connectors.cli", "replay_cmd"),
+    ("connectors.lifecycle_cli", "cancel_cmd"),
+    ("connectors.lifecycle_cli", "status_cmd"),
     ("inference_consumer.cli", "worker_cmd"),
     ("inference_consumer.cli", "demo_cmd"),
     ("benchmarks.cli", "bench_cmd"),

@@ -37,10 +37,12 @@ from connectors.settings import Settings
 from f2p_errors import F2PError
 from inference_consumer.config import KafkaTimeouts, WorkerConfig
 from inference_consumer.engines.base import Engine
+from inference_consumer.generation import run_engine_batch
 from inference_consumer.memory import DecodeBudget, HeldBytes
 from inference_consumer.metrics import WorkerMetrics
 from inference_consumer.outcomes import OutcomeWriter
-from inference_consumer.stages import StageContext, prefetch, run_engine_batch
+from inference_consumer.prefetch import prefetch
+from inference_consumer.stages import StageContext
 from inference_consumer.work import Outcome, WorkItem
 from schemas.codec import AvroCodec
 from schemas.validation import RequestLimits

@@ -86,25 +86,31 @@ class CancellationWatch:
 
     def _run(self) -> None:
         consumer = make_consumer(self.settings, f"f2p-control-{uuid.uuid4().hex[:12]}")
+        assigned: set[int] = set()
+        ends: dict[int, int] = {}
+        last_refresh = last_expire = float("-inf")
+        failures = 0
         try:
-            assigned: set[int] = set()
-            ends: dict[int, int] = {}
-            last_refresh = last_expire = 0.0
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now - last_refresh > 30:
-                    last_refresh = now
-                    ends |= self._assign_new(consumer, assigned)
-                message = consumer.poll(0.2)
-                if message is not None and message.error() is None:
-                    self._apply(message)
-                if not self._caught_up.is_set() and self._at_end(consumer, ends):
-                    self._caught_up.set()
+                try:
+                    if now - last_refresh > 30:
+                        ends |= self._assign_new(consumer, assigned)
+                        last_refresh = now
+                    message = consumer.poll(0.2)
+                    if message is not None and message.error() is None:
+                        self._apply(message)
+                    if not self._caught_up.is_set() and self._at_end(consumer, ends):
+                        self._caught_up.set()
+                    failures = 0
+                except Exception as exc:  # a broker away: the watch waits and goes on
+                    failures += 1
+                    if failures in (1, 10) or failures % 100 == 0:
+                        log.warning("control topic watch: %s (retrying)", str(exc)[:300])
+                    self._stop.wait(min(5.0, 0.5 * failures))
                 if now - last_expire > 60:
                     last_expire = now
                     self._expire(time.time())
-        except Exception:  # the watch must not die silently: cancellations would stop working
-            log.exception("control topic watch failed; cancellations are not seen any more")
         finally:
             consumer.close()
 

@@ -36,12 +36,14 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from connectors.claim_check import ClaimCheckStore, face_ref, sha256_hex
+from connectors.control import send_cancel
 from connectors.kafka import make_producer
 from connectors.registry import make_registry_client
 from connectors.s3 import describe_s3_error, make_s3_client
 from connectors.settings import Settings
 from f2p_errors import F2PError, InvalidInput
 from schemas.codec import AvroCodec
+from schemas.control_records import ControlCommand
 from schemas.images import ALLOWED_CONTENT_TYPES, decode_face_image, sniff_content_type
 from schemas.records import FaceImageRef, GenerationRequest, InlineImage, Lane
 from schemas.validation import RequestLimits, validate_request
@@ -171,6 +173,14 @@ class Publisher:
         self._poller = threading.Thread(target=self._poll_loop, name="f2p-publisher-poll")
         self._poller.daemon = True
         self._poller.start()
+
+    def cancel(self, request_id: str, *, reason: str | None = None) -> ControlCommand:
+        """Ask for ``request_id`` to be cancelled (``f2p.control.v1``): still queued, it ends
+        CANCELLED without a GPU; running alone, it stops between denoising steps; already
+        answered, its result stands. Blocks until the command is delivered."""
+        return send_cancel(
+            self._settings, self._codec, request_id, reason=reason, issued_by="publisher-sdk"
+        )
 
     # -- phase 1: prepare (no side effects) -------------------------------------------------------
 

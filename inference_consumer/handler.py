@@ -18,17 +18,11 @@ from typing import Any
 from connectors.eos.records import TP, Completion, MessageRef
 from connectors.headers import BadHeader, check_headers
 from inference_consumer.batcher import RequestBatcher
+from inference_consumer.generation import EngineLoop
 from inference_consumer.headers import parse_retry_headers
 from inference_consumer.outcomes import OutcomeWriter
-from inference_consumer.stages import (
-    EngineLoop,
-    StageContext,
-    dead_letter_outcome,
-    emit_safely,
-    prefetch,
-    release_face,
-    retry_outcome,
-)
+from inference_consumer.prefetch import prefetch, release_face
+from inference_consumer.stages import StageContext, dead_letter_outcome, emit_safely, retry_outcome
 from inference_consumer.work import Outcome, OutcomeKind, WorkItem
 
 log = logging.getLogger(__name__)

@@ -39,11 +39,13 @@ from f2p_errors import ConfigError
 from inference_consumer.batcher import RequestBatcher
 from inference_consumer.config import KafkaTimeouts, WorkerConfig
 from inference_consumer.engines.base import Engine
+from inference_consumer.generation import EngineLoop, engine_params
 from inference_consumer.handler import WorkerHandler
 from inference_consumer.memory import DecodeBudget, HeldBytes
 from inference_consumer.metrics import WorkerMetrics
 from inference_consumer.outcomes import OutcomeWriter
-from inference_consumer.stages import EngineLoop, StageContext, engine_params, release_face
+from inference_consumer.prefetch import release_face
+from inference_consumer.stages import StageContext
 from inference_consumer.work import Outcome, WorkItem
 from schemas.codec import AvroCodec
 from schemas.control_records import RequestState
@@ -248,8 +250,8 @@ class Worker:
             )
             if refused:
                 log.warning(
-                    "group %s keeps the broker's session timeout (raise nothing, lower "
-                    "group.consumer.min.session.timeout.ms to allow %d ms): %s",
+                    "could not set group %s's session timeout to %d ms (it keeps what it has; "
+                    "a broker may need a lower group.consumer.min.session.timeout.ms): %s",
                     self.config.group_id,
                     timeouts.session_timeout_ms,
                     refused,

@@ -437,6 +437,7 @@ def test_a_failed_transaction_is_retried_or_redone_after_a_rewind(
             if len(failed) >= failures or not pending():
                 return real_finish(budget_s)
             failed.append(1)
+            producer.producer.flush(10)  # delivered, then aborted: as a real abort would
             producer.producer.abort_transaction(10)
             if failure == "abortable":
                 producer.state = type(producer.state).READY
