@@ -13,7 +13,11 @@ a lane message for a century, and made a valid request a silent duplicate of gar
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import pytest
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from connectors.s3 import make_s3_client
 from inference_consumer.config import RetryPolicy
@@ -34,6 +38,7 @@ from tests.inference_consumer.hostile_support import (
     produce_corpus,
     read_letters,
     request_case,
+    valid,
 )
 from tests.inference_consumer.test_worker import free_port, http_get
 from tests.streams.admission_support import running_admission
@@ -151,3 +156,63 @@ def test_hostile_messages_on_an_ingress_topic(pipeline, codec, capsys) -> None:
 def _face_case(corpus: Corpus) -> str | None:
     """The request refused for its face before the engine."""
     return next(c.request_id for c in corpus.cases if c.code == "FACE_TOO_SMALL")
+
+
+def test_a_dead_letter_the_broker_refuses_is_replaced_not_retried(pipeline, codec, admin) -> None:
+    """Whatever the bounds, a broker may still refuse a letter (a DLQ with a smaller limit):
+    the loop writes the message's minimal fallback letter instead, once, and moves on — no abort
+    and rewind loop, no producer replaced, the canaries behind it answered (issue 7, item 1)."""
+    dlq = pipeline.topics.dlq
+    set_topic_config(admin, dlq, "max.message.bytes", str(64 * 1024))
+    lane, ingress = pipeline.topics.lanes_batch, pipeline.topics.requests_batch
+    noise = os.urandom(200 * 1024)  # incompressible: the 200 KiB letter exceeds 64 KiB on the wire
+    corpus = Corpus()
+    for topic in (lane, ingress):
+        before = valid(codec, topic, f"canary-before {topic}", 3)
+        before.first = True
+        poison = Case(f"200 KiB garbage on {topic}", b"k", b"\x7f" + noise, "DL:BAD_MAGIC_BYTE")
+        poison.partition = 3
+        after = valid(codec, topic, f"canary-after {topic}", 3)
+        for case in (before, poison, after):
+            case.topic = topic
+            corpus.add(case)
+    engine = CountingSimEngine()
+    with running_admission(pipeline) as admission, running_worker(pipeline, engine) as worker:
+        wait_until(lambda: worker.ready() and admission.ready(), 30, "worker and admission")
+        produce_in_two_phases(pipeline, codec, corpus)
+        results, letters = wait_for_corpus(pipeline, codec, corpus)
+        assert worker.healthy() and admission.healthy()
+        assert metric(worker, "f2p_worker_transactions_total", outcome="refused") == 1
+        assert metric(worker, "f2p_worker_transactions_total", outcome="fatal") == 0
+        assert metric(worker, "f2p_worker_producers_created_total") == 1
+    assert {r.request_id: str(r.status) for r in results} == dict.fromkeys(corpus.result_ids, "OK")
+    assert len(letters.letters) == 2
+    for letter, case in zip(
+        sorted(letters.letters, key=lambda d: d.source_topic),
+        sorted(corpus.dead, key=lambda c: c.topic),
+        strict=True,
+    ):
+        assert (letter.source_topic, letter.source_offset) == (case.topic, case.offset)
+        # The minimal fallback: why the message is dead, coordinates, sizes, digests; no bytes.
+        assert letter.error_code == "BAD_MAGIC_BYTE", letter
+        assert "refused" in letter.error_message
+        assert letter.key is None and letter.value is None and letter.truncated
+        assert letter.value_size == len(case.value)
+        assert letter.value_sha256 == hashlib.sha256(case.value).hexdigest()
+
+
+def set_topic_config(admin, topic: str, name: str, value: str) -> None:
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+
+    def applied() -> bool:
+        described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
+        [entries] = [f.result(30) for f in described.values()]
+        return entries[name].value == value
+
+    wait_until(applied, 30, f"{topic} {name}={value}")
