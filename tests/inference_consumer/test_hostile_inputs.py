@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from connectors.s3 import make_s3_client
+from connectors.topic_reader import read_to_end
 from inference_consumer.config import RetryPolicy
 from tests.inference_consumer.conftest import (
     CountingSimEngine,
@@ -121,8 +122,10 @@ def test_hostile_messages_on_a_lane_and_the_retry_topic(pipeline, codec, capsys)
         assert metric(worker, "f2p_worker_transactions_total", outcome="fatal") == 0
         assert metric(worker, "f2p_worker_producers_created_total") == 1
     lines = check_outcomes(corpus, results, letters, make_s3_client(pipeline))
-    # Nothing but the valid requests reached the engine, each once.
+    # Nothing but the valid requests reached the engine, each once; nothing was retried.
     assert sorted(engine.seen) == sorted(corpus.result_ids - {_face_case(corpus)})
+    retried = [c for c in corpus.cases if c.topic == pipeline.topics.retry]
+    assert len(list(read_to_end(pipeline, pipeline.topics.retry, timeout_s=30))) == len(retried)
     with capsys.disabled():
         print(f"\nlane + retry topic: {len(corpus.cases)} messages, all answered once")
         print("  " + "\n  ".join(lines))
@@ -148,6 +151,7 @@ def test_hostile_messages_on_an_ingress_topic(pipeline, codec, capsys) -> None:
         assert metric(worker, "f2p_worker_transactions_total", outcome="fatal") == 0
     lines = check_outcomes(corpus, results, letters, make_s3_client(pipeline))
     assert sorted(engine.seen) == sorted(corpus.result_ids - {_face_case(corpus)})
+    assert list(read_to_end(pipeline, pipeline.topics.retry, timeout_s=30)) == []
     with capsys.disabled():
         print(f"\ningress (admission + worker): {len(corpus.cases)} messages, all answered once")
         print("  " + "\n  ".join(lines))
