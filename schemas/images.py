@@ -32,7 +32,7 @@ import random
 import struct
 import zlib
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 from PIL import (
     Image,
@@ -249,14 +249,16 @@ def decode_face_image(
             raise _classify(exc, "TRUNCATED_IMAGE", f"truncated or corrupt {content_type}") from exc
 
         # Step 5. Orientation, colour and size.
-        try:
-            oriented = ImageOps.exif_transpose(image)
-        except Exception:  # a broken EXIF block must not fail an otherwise fine image
-            oriented = image
-        result = _to_rgb(oriented or image)
+        # In place: without an orientation tag the default returns a full copy (64 MiB for a
+        # 4096² face; issue 7 item 5). A broken EXIF block must not fail a fine image.
+        with suppress(Exception):
+            ImageOps.exif_transpose(image, in_place=True)
+        result = _to_rgb(image)
         target = _fit(result.size, max_area)
         if target != result.size:
             result = result.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+        elif result is image:
+            result = image.copy()  # within max_area, so small: detached from the file we close
         result.load()
         image.close()
     return result

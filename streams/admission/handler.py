@@ -341,7 +341,8 @@ class AdmissionHandler:
         key = item.request_id or f"{item.topic}/{item.partition}/{item.offset}"
 
         def minimal() -> list[OutputRecord]:
-            small = build_dead_letter(item, code, message, minimal=True)
+            refused = f"the broker refused the full dead letter; {message}"
+            small = build_dead_letter(item, code, refused, minimal=True)
             return [self._letter_record(small, key)]
 
         return Completion(
