@@ -478,15 +478,15 @@ class EosLoop:
             state.needs_initial_commit = True
         base = state.offsets.base
         assert base is not None
-        try:
-            # Where the fetch resumes anyway after an assignment, and what a rewind needs; it
-            # also wakes librdkafka's fetcher at once (a resume alone can idle up to 1 s).
-            self.consumer.seek(TopicPartition(state.topic, state.partition, base))
-        except KafkaException as exc:
-            if state.must_seek:
+        if state.must_seek:
+            # A rewind: the consumer's position is past the commit point. (After an assignment
+            # the fetch starts at the committed offset by itself; a seek there would only cost
+            # the consumer its position, which committing past trailing markers needs.)
+            try:
+                self.consumer.seek(TopicPartition(state.topic, state.partition, base))
+            except KafkaException as exc:
                 self._restore_failed([state], exc)
                 return  # a rewind must not continue from the old position: seek next turn
-            log.debug("seek of %s[%d] deferred: %s", state.topic, state.partition, exc)
         state.must_seek = False
         state.phase = Phase.ACTIVE
         state.restore_failures = 0
@@ -617,11 +617,26 @@ class EosLoop:
 
     def _wake_fetcher(self, partitions: list[TopicPartition]) -> None:
         """Make librdkafka fetch resumed partitions now rather than at its next wake-up (up to
-        1 s later; pause() also purged their prefetched messages). A seek to the current
-        position — where the fetch resumes anyway — wakes it at once."""
+        1 s later, measured: pause() also purged their prefetched messages). A seek to the
+        current position — where the fetch resumes anyway — wakes it at once.
+
+        Only partitions with a backlog get the seek: after a seek the consumer reports no
+        position until the next message arrives, and an idle partition whose tail is a
+        transaction marker needs that position to commit past the marker (``_update_lag``).
+        The backlog is judged by the cached high watermark: more than one offset (a marker)
+        beyond what was polled.
+        """
         for tp in self.consumer.position(partitions):
             if tp.offset < 0:
                 continue  # nothing consumed yet: the restore's seek already woke it
+            state = self.assignment.get((tp.topic, tp.partition))
+            highest = state.offsets.highest if state is not None else None
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                high = -1
+            if highest is not None and 0 <= high <= highest + 2:
+                continue  # caught up (or only a marker left): a fetch will come anyway
             try:
                 self.consumer.seek(tp)
             except KafkaException as exc:  # only a wake-up: the resume stands without it
