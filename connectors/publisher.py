@@ -34,7 +34,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from opentelemetry.trace import SpanKind
 
+from connectors import tracing
 from connectors.claim_check import ClaimCheckStore, face_ref, sha256_hex
 from connectors.control import send_cancel
 from connectors.kafka import make_producer
@@ -219,7 +221,22 @@ class Publisher:
         if data is not None:
             self._check_decodes(data)
 
-        # Step 4. Encode (may register the schema on the embedded stack).
+        # Step 4. Trace context: a "publish" span, child of the caller's current span (or of
+        # the context the request already carries); its W3C fields go into the record.
+        if tracing.enabled():
+            parent = (
+                tracing.extract(fields=request.trace_context) if request.trace_context else None
+            )
+            span = tracing.start(
+                "publish", parent, kind=SpanKind.PRODUCER, request_id=request.request_id,
+                tenant_id=request.tenant_id,
+            )  # fmt: skip
+            request = dataclasses.replace(
+                request, trace_context={**request.trace_context, **tracing.inject(span)}
+            )
+            span.end()
+
+        # Step 5. Encode (may register the schema on the embedded stack).
         topic = lane_topic(self._settings, request.lane)
         value = self._codec.encode(topic, request)
         upload = face if isinstance(request.face, FaceImageRef) else None
@@ -355,6 +372,10 @@ class Publisher:
             try:
                 self._producer.produce(
                     prepared.topic, value=prepared.value, key=request_id.encode(),
+                    headers=tracing.headers_of(
+                        {k: v for k, v in prepared.request.trace_context.items()
+                         if k in (tracing.TRACEPARENT, tracing.TRACESTATE)}
+                    ) or None,
                     on_delivery=on_delivery,
                 )  # fmt: skip
                 return

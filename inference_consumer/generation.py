@@ -79,6 +79,7 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
         if i.request is not None and i.face is not None
     ]
     started = time.perf_counter()
+    started_ns = time.time_ns()
     try:
         results = ctx.engine.generate(requests)
     except EngineInterrupted as exc:  # a lone request cancelled between denoising steps
@@ -104,7 +105,9 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
     elapsed = time.perf_counter() - started
     ctx.metrics.engine_seconds.observe(elapsed)
     ctx.metrics.batch_size.observe(len(items))
+    ended_ns = time.time_ns()
     for item, output in zip(items, results, strict=True):
+        item.marks["engine_start"], item.marks["engine_end"] = started_ns, ended_ns
         item.timings["engine"] = elapsed * 1000
         item.batch_size = len(items)
         item.transformer_evaluations = output.transformer_evaluations

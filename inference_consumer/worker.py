@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -305,6 +306,7 @@ class Worker:
     def _emit(self, outcome: Outcome) -> None:
         """Stages' outcomes: free the face, encode, hand to the loop (any thread)."""
         release_face(self.ctx, outcome.item)
+        outcome.item.marks["completed"] = time.time_ns()
         completion = self.writer.completion(outcome)
         if self.loop is not None:
             self.loop.complete(completion)
