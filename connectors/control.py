@@ -10,6 +10,7 @@ command beyond ``max_entries``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from connectors.kafka import make_consumer, make_producer
 from connectors.kafka_retry import retry_kafka
@@ -114,11 +115,11 @@ class CancellationWatch:
         finally:
             consumer.close()
 
-    def _assign_new(self, consumer: object, assigned: set[int]) -> dict[int, int]:
+    def _assign_new(self, consumer: Consumer, assigned: set[int]) -> dict[int, int]:
         """Assign partitions not assigned yet (the topic may grow); their current ends."""
         metadata = retry_kafka(
             "control topic metadata",
-            lambda: consumer.list_topics(self.topic, timeout=10).topics[self.topic],  # type: ignore[attr-defined]
+            lambda: consumer.list_topics(self.topic, timeout=10).topics[self.topic],
         )
         new = sorted(set(metadata.partitions) - assigned)
         if not new:
@@ -126,28 +127,24 @@ class CancellationWatch:
         ends = {
             p: retry_kafka(
                 "control topic end",
-                lambda p=p: consumer.get_watermark_offsets(  # type: ignore[attr-defined]
-                    TopicPartition(self.topic, p), timeout=10
+                functools.partial(
+                    consumer.get_watermark_offsets, TopicPartition(self.topic, p), timeout=10
                 ),
             )[1]
             for p in new
         }
         assigned.update(new)
-        consumer.incremental_assign(  # type: ignore[attr-defined]
-            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new]
-        )
+        consumer.incremental_assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new])
         return ends
 
-    def _at_end(self, consumer: object, ends: dict[int, int]) -> bool:
+    def _at_end(self, consumer: Consumer, ends: dict[int, int]) -> bool:
         if not ends:
             return False
-        positions = consumer.position(  # type: ignore[attr-defined]
-            [TopicPartition(self.topic, p) for p in ends]
-        )
+        positions = consumer.position([TopicPartition(self.topic, p) for p in ends])
         return all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions)
 
-    def _apply(self, message: object) -> None:
-        value = message.value()  # type: ignore[attr-defined]
+    def _apply(self, message: Message) -> None:
+        value = message.value()
         if value is None:
             return  # compaction's tombstone of an old command
         try:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from connectors.settings import load_settings
+from connectors.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the codec pulls in fastavro and the registry client: only when a command runs
+    from schemas.codec import AvroCodec
 
 
-def _codec():  # type: ignore[no-untyped-def]
+def _codec() -> tuple[Settings, AvroCodec]:
     from connectors.registry import make_registry_client
     from schemas.codec import AvroCodec
 

@@ -39,7 +39,7 @@ from opentelemetry.trace import SpanKind
 from connectors import tracing
 from connectors.claim_check import ClaimCheckStore, face_ref, sha256_hex
 from connectors.control import send_cancel
-from connectors.kafka import make_producer
+from connectors.kafka import located, make_producer
 from connectors.registry import make_registry_client
 from connectors.s3 import describe_s3_error, make_s3_client
 from connectors.settings import Settings
@@ -364,20 +364,23 @@ class Publisher:
                     )
                 )
             else:
-                future.set_result(
-                    DeliveryReport(request_id, msg.topic(), msg.partition(), msg.offset(), uploaded)
-                )
+                future.set_result(DeliveryReport(request_id, *located(msg), uploaded))
 
+        trace = prepared.request.trace_context
+        headers: list[tuple[str, str | bytes | None]] = [
+            *tracing.headers_of(
+                {k: v for k, v in trace.items() if k in (tracing.TRACEPARENT, tracing.TRACESTATE)}
+            )
+        ]
         while True:
             try:
                 self._producer.produce(
-                    prepared.topic, value=prepared.value, key=request_id.encode(),
-                    headers=tracing.headers_of(
-                        {k: v for k, v in prepared.request.trace_context.items()
-                         if k in (tracing.TRACEPARENT, tracing.TRACESTATE)}
-                    ) or None,
+                    prepared.topic,
+                    value=prepared.value,
+                    key=request_id.encode(),
+                    headers=headers or None,
                     on_delivery=on_delivery,
-                )  # fmt: skip
+                )
                 return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: serve deliveries, then retry

@@ -8,6 +8,7 @@ other keys before decoding anything.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Iterator
@@ -121,7 +122,9 @@ def _messages(settings: Settings, topic: str, keys: set[bytes], timeout_s: float
         for p in partitions:
             low, high = retry_kafka(
                 f"watermarks of {topic}[{p}]",
-                lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10),
+                functools.partial(
+                    consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=10
+                ),
             )
             if high > low:
                 ends[p] = high

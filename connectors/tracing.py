@@ -96,6 +96,7 @@ def extract(headers: Headers = None, fields: Mapping[str, str] | None = None) ->
 
 def inject(span_or_context: Span | Context | None = None) -> dict[str, str]:
     """The W3C fields of a span (or context); ``{}`` when there is nothing to propagate."""
+    ctx: Context | None
     if isinstance(span_or_context, Span):
         ctx = trace.set_span_in_context(span_or_context)
     else:

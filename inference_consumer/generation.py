@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +74,7 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
             prompt=i.request.prompt,
             negative_prompt=i.request.negative_prompt,
             params=engine_params(i.request),
-            cancelled=lambda rid=i.request_id: ctx.cancelled(rid),
+            cancelled=functools.partial(ctx.cancelled, i.request_id),
         )
         for i in items
         if i.request is not None and i.face is not None
@@ -146,7 +147,7 @@ class EngineLoop:
                         emit_safely(
                             self.ctx,
                             item,
-                            lambda item=item: retry_outcome(self.ctx, item, "engine loop error"),
+                            functools.partial(retry_outcome, self.ctx, item, "engine loop error"),
                         )
                 self.last_progress = time.monotonic()
 

@@ -93,8 +93,11 @@ class DecodeBudget:
                 self._release_to_system()
 
     def _release_to_system(self) -> None:
+        trim = self._trim
+        if trim is None:
+            return
         try:
-            self._trim()
+            trim()
             self.trims += 1
         except Exception as exc:  # only memory hygiene: never fail a decode for it
             log.debug("malloc_trim failed: %s", exc)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -72,7 +72,7 @@ class Worker:
         limits: RequestLimits | None = None,
         codec: AvroCodec | None = None,
         s3: Any = None,
-        create_consumer: Callable[[KafkaTimeouts], Any] | None = None,
+        create_consumer: Callable[[KafkaTimeouts, dict[str, Any]], Any] | None = None,
         create_producer: Callable[[KafkaTimeouts], Any] | None = None,
     ) -> None:
         self.settings = settings
@@ -98,7 +98,7 @@ class Worker:
         weights = dict(config.lane_weights)
         self.batcher = RequestBatcher(
             {lane: weights.get(lane, 1.0) for lane in self.lane_topics},
-            lambda item: engine.batch_key(engine_params(item.request), item.request.prompt),
+            self._batch_key,
             max_batch_size=engine.max_batch_size,
             max_wait_s=config.max_batch_wait_ms / 1000,
         )
@@ -168,7 +168,7 @@ class Worker:
         )
         self.loop = EosLoop(
             topics=self.topics,
-            create_consumer=lambda: self._create_consumer(timeouts),
+            create_consumer=lambda loop_config: self._create_consumer(timeouts, loop_config),
             producer=producer,
             handler=handler,
             config=self._loop_config(),
@@ -261,9 +261,16 @@ class Worker:
 
     # -- clients --------------------------------------------------------------------------------
 
-    def _real_consumer(self, timeouts: KafkaTimeouts) -> Any:
+    def _batch_key(self, item: WorkItem) -> Hashable:
+        """Requests the engine can run in one call share a key (decoded requests only)."""
+        request = item.request
+        assert request is not None, "only decoded requests reach the batcher"
+        return self.engine.batch_key(engine_params(request), request.prompt)
+
+    def _real_consumer(self, timeouts: KafkaTimeouts, loop_config: dict[str, Any]) -> Any:
         c = self.config
         extra: dict[str, Any] = {
+            **loop_config,
             "session.timeout.ms": timeouts.session_timeout_ms,
             "heartbeat.interval.ms": timeouts.heartbeat_interval_ms,
             # The poll thread never waits on inference: this only catches a wedged process.

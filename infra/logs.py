@@ -255,7 +255,7 @@ def parse_rate_limit(raw: str) -> tuple[int, float] | None:
     return burst, period
 
 
-class LimitedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class LimitedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
     """A stream handler with a ``RateLimitFilter`` whose pending summaries are written when the
     handler closes (``logging.shutdown`` at exit): a flood just before exit is reported too."""
 
