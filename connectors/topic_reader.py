@@ -13,6 +13,7 @@ true end waits for such a transaction to be resolved and misses nothing committe
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Iterator
@@ -65,8 +66,10 @@ def read_to_end(
                     f"{topic}: end not reached in {timeout_s:.0f} s; partitions {sorted(remaining)}"
                 )
             msg = consumer.poll(0.2)
-            if msg is not None and msg.error() is None and msg.offset() < ends[msg.partition()]:
-                yield msg
+            if msg is not None and msg.error() is None:
+                offset, partition = msg.offset(), msg.partition()
+                if offset is not None and partition is not None and offset < ends[partition]:
+                    yield msg
             positions = consumer.position([TopicPartition(topic, p) for p in remaining])
             remaining = {tp.partition for tp in positions if tp.offset < ends[tp.partition]}
     finally:
@@ -126,7 +129,7 @@ def _high_watermarks(settings: Settings, partitions: list[TopicPartition]) -> di
         return {
             tp.partition: retry_kafka(
                 f"watermarks of {tp.topic}[{tp.partition}]",
-                lambda tp=tp: probe.get_watermark_offsets(tp, timeout=10),
+                functools.partial(probe.get_watermark_offsets, tp, timeout=10),
             )[1]
             for tp in partitions
         }

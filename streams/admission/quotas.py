@@ -112,10 +112,14 @@ def _quota(path: Path, where: str, body: dict, fallback: TenantQuota | None) -> 
 
 
 def _number(path: Path, where: str, value: object) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0 or value > 1e9:  # type: ignore[arg-type]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= 1e9
+    ):
         raise ConfigError(f"{path}: {where} must be a positive number, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 class TokenBuckets:
