@@ -253,44 +253,39 @@ def add_rows(bench: Bench, quick: bool, report: Any, console: Any) -> None:
     from benchmarks.suite import Row, _attempt
 
     sizes = QUICK if quick else STANDARD
-    runs = {
-        impl: _attempt(
-            report, console, f"fairness/{mode}", lambda m=mode: fairness(bench, m, sizes)
-        )
-        for impl, mode in (("ours", "admission"), ("naive", "direct"))
-    }
 
-    def pick(key: str, scale: float = 1.0) -> list[Any]:
-        values = []
-        for impl in ("ours", "naive"):
-            value = (runs[impl] or {}).get(key)
-            scaled = scale != 1.0 and isinstance(value, float | int)
-            values.append(value * scale if scaled else value)
-        return values
+    def run(mode: str) -> dict[str, Any]:
+        return (
+            _attempt(report, console, f"fairness/{mode}", lambda: fairness(bench, mode, sizes))
+            or {}
+        )
+
+    ours, naive = run("admission"), run("direct")
+    name = "fairness (ours: admission | naive: straight to lanes)"
+
+    def row(metric: str, unit: str, key: str, target: str = "", scale: float = 1.0) -> Row:
+        a, b = ours.get(key), naive.get(key)
+        if scale != 1.0:
+            a, b = (None if v is None else v * scale for v in (a, b))
+        return Row(name, metric, unit, a, b, target)
 
     flood = f"A at {sizes.flood:.0f}x its quota"
-    name = "fairness (ours: admission | naive: straight to lanes)"
-    rows = [
-        Row(name, "B P99 queue wait, no flood", "ms", *pick("b_base_p99_ms")),
-        Row(name, f"B P99 queue wait, {flood}", "ms", *pick("b_flood_p99_ms")),
-        Row(name, "B P99 flood / no flood", "x", *pick("b_ratio_p99"), "≤ 2"),
-        Row(name, "C P99 queue wait, no flood", "ms", *pick("c_base_p99_ms")),
-        Row(name, f"C P99 queue wait, {flood}", "ms", *pick("c_flood_p99_ms")),
-        Row(name, "C P99 flood / no flood", "x", *pick("c_ratio_p99"), "≤ 2"),
-        Row(name, "B, C requests without result in time", "requests", *pick("bc_incomplete"),
-            "0"),
-        Row(name, "B, C requests sent to over-quota lane", "requests",
-            *pick("bc_overquota"), "0"),
-    ]  # fmt: skip
-    target = (runs["ours"] or {}).get("a_target_rps")
+    target = ours.get("a_target_rps")
     quota = sizes.shares[0] * sizes.workers / sizes.service_s
-    rows += [
-        Row(name, "A throughput while flooding", "req/s", *pick("a_flood_rps"),
+    report.rows.extend([
+        row("B P99 queue wait, no flood", "ms", "b_base_p99_ms"),
+        row(f"B P99 queue wait, {flood}", "ms", "b_flood_p99_ms"),
+        row("B P99 flood / no flood", "x", "b_ratio_p99", "≤ 2"),
+        row("C P99 queue wait, no flood", "ms", "c_base_p99_ms"),
+        row(f"C P99 queue wait, {flood}", "ms", "c_flood_p99_ms"),
+        row("C P99 flood / no flood", "x", "c_ratio_p99", "≤ 2"),
+        row("B, C requests without result in time", "requests", "bc_incomplete", "0"),
+        row("B, C requests sent to over-quota lane", "requests", "bc_overquota", "0"),
+        row("A throughput while flooding", "req/s", "a_flood_rps",
             f"≥ {target:.1f} (quota {quota:.0f} + leftover of the busy engine)"
             if target else ""),
-        Row(name, "fleet throughput while A floods", "req/s", *pick("fleet_flood_rps"),
+        row("fleet throughput while A floods", "req/s", "fleet_flood_rps",
             f"engine bound {sizes.workers / sizes.service_s:.0f}"),
-        Row(name, "engine busy while A floods", "%", *pick("engine_busy_flood", 100),
-            "≈ 100 (work-conserving)"),
-    ]  # fmt: skip
-    report.rows.extend(rows)
+        row("engine busy while A floods", "%", "engine_busy_flood",
+            "≈ 100 (work-conserving)", scale=100),
+    ])  # fmt: skip

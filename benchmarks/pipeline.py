@@ -199,8 +199,9 @@ class LaneWatcher:
             if first is None:
                 continue
             for msg in [first, *self.consumer.consume(500, 0)]:
-                if msg.error() is None and msg.key() is not None:
-                    self.seen.setdefault(msg.key().decode(), now)
+                key = msg.key()
+                if msg.error() is None and key is not None:
+                    self.seen.setdefault(key.decode(), now)
 
     def close(self) -> None:
         self._stop.set()
@@ -267,8 +268,9 @@ class Pipeline:
         found: dict[str, tuple[str, float]] = {}
         for lane, topic in self.settings.topics.worker_lanes.items():
             for msg in read_to_end(self.settings, topic, timeout_s=60):
-                at = dict(msg.headers() or ()).get(ADMITTED_MS_HEADER)
-                found[msg.key().decode()] = (lane, int(at) / 1000 if at else float("nan"))
+                key, at = msg.key(), dict(msg.headers() or ()).get(ADMITTED_MS_HEADER)
+                if key is not None:
+                    found[key.decode()] = (lane, int(at) / 1000 if at else float("nan"))
         return found
 
 

@@ -212,17 +212,18 @@ def add_rows(bench: Bench, quick: bool, report: Any, console: Any) -> None:
     sizes = QUICK if quick else STANDARD
     runs = _attempt(report, console, "restore", lambda: restore(bench, sizes)) or {}
 
-    def pick(key: str) -> list[Any]:
-        return [(runs.get(impl) or {}).get(key) for impl in ("ours", "naive")]
+    def row(metric: str, unit: str, key: str) -> Row:
+        ours, naive = ((runs.get(impl) or {}).get(key) for impl in ("ours", "naive"))
+        return Row(name, metric, unit, ours, naive)
 
     n = f"{sizes.entries:,} entries, {sizes.partitions} partition(s)"
     name = "dedupe restore (ours: StoreRestore | naive: one poll() per message)"
     report.rows.extend([
-        Row(name, f"restore time, {n}", "s", *pick("seconds")),
-        Row(name, "restore rate", "entries/s", *pick("entries_per_s")),
-        Row(name, "store memory (RSS delta)", "MB", *pick("rss_delta_mb")),
-        Row(name, "  per entry", "bytes", *pick("bytes_per_entry")),
-        Row(name, "peak RSS of the restoring process", "MB", *pick("peak_rss_mb")),
+        row(f"restore time, {n}", "s", "seconds"),
+        row("restore rate", "entries/s", "entries_per_s"),
+        row("store memory (RSS delta)", "MB", "rss_delta_mb"),
+        row("  per entry", "bytes", "bytes_per_entry"),
+        row("peak RSS of the restoring process", "MB", "peak_rss_mb"),
     ])  # fmt: skip
 
 

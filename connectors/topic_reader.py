@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from confluent_kafka import Message, TopicPartition
 
@@ -83,7 +83,7 @@ def read_batches_to_end(
     partitions: list[int],
     timeout_s: float = 60.0,
     batch_size: int = 10_000,
-    config: dict[str, object] | None = None,
+    config: Mapping[str, object] | None = None,
 ) -> Iterator[list[Message]]:
     """``read_to_end`` for bulk reads (state restores): the same messages, in lists of up to
     ``batch_size`` from ``consume()``, with one position check per list instead of per message.
@@ -95,7 +95,9 @@ def read_batches_to_end(
     todo = [tp for tp in assignment if ends[tp.partition] > 0]
     if not todo:
         return
-    consumer = make_consumer(settings, f"f2p-reader-{uuid.uuid4().hex[:12]}", config=config or {})
+    consumer = make_consumer(
+        settings, f"f2p-reader-{uuid.uuid4().hex[:12]}", config=dict(config or {})
+    )
     try:
         consumer.assign(todo)
         deadline = time.monotonic() + timeout_s
@@ -104,9 +106,15 @@ def read_batches_to_end(
             if time.monotonic() > deadline:
                 lagging = sorted(tp.partition for tp in remaining)
                 raise ReadTimeout(f"{topic}: end not reached in {timeout_s:.0f} s; {lagging}")
-            batch = consumer.consume(batch_size, timeout=0.1)
-            if batch:
-                yield [m for m in batch if m.error() is None and m.offset() < ends[m.partition()]]
+            kept = []
+            for m in consumer.consume(batch_size, timeout=0.1):
+                partition, offset = m.partition(), m.offset()
+                if partition is None or offset is None or m.error() is not None:
+                    continue
+                if offset < ends[partition]:
+                    kept.append(m)
+            if kept:
+                yield kept
             remaining = [
                 TopicPartition(topic, tp.partition)
                 for tp in consumer.position(remaining)
