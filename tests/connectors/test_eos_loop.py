@@ -411,7 +411,7 @@ def test_a_low_lanes_backlog_stays_within_its_cap_and_leaves_the_other_lanes_fet
     consumer = StubConsumer(broker, "group")
     loop = EosLoop(
         topics=["low", IN],
-        create_consumer=lambda: consumer,
+        create_consumer=consumer.configure,
         producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1"),
         handler=handler,
         config=LoopConfig(max_in_flight=16, topic_in_flight={"low": 2}, commit_interval_ms=0),
