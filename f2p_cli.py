@@ -22,17 +22,26 @@ from infra.cli import kafka_cmd, stack_group, topics_group
     show_default="INFO or $F2P_LOG_LEVEL",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
-def cli(log_level: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
     """f2p-stream: Kafka-native exactly-once inference for Qwen-Image-Edit-F2P."""
     from infra.logs import configure_logging
 
     configure_logging(log_level.upper())
+    if ctx.invoked_subcommand in _TRACED:
+        # Spans go out over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (else: no-ops).
+        from connectors.tracing import configure_tracing
+
+        configure_tracing(f"f2p-{ctx.invoked_subcommand}")
 
 
 cli.add_command(stack_group)
 cli.add_command(topics_group)
 cli.add_command(kafka_cmd)
 
+
+# Subcommands that take part in a request's trace.
+_TRACED = ("publish", "worker", "streams", "demo")
 
 # (module, attribute) of every subcommand outside infra; imported lazily so `f2p stack` does not
 # pay for torch and diffusers.
@@ -41,6 +50,8 @@ _COMMANDS = (
     ("connectors.cli", "publish_cmd"),
     ("connectors.cli", "results_cmd"),
     ("connectors.cli", "replay_cmd"),
+    ("connectors.lifecycle_cli", "cancel_cmd"),
+    ("connectors.lifecycle_cli", "status_cmd"),
     ("inference_consumer.cli", "worker_cmd"),
     ("inference_consumer.cli", "demo_cmd"),
     ("benchmarks.cli", "bench_cmd"),

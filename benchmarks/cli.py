@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.suite import IMPLS, SCENARIOS, Report
+from benchmarks.suite import ADMISSION_SCENARIOS, IMPLS, SCENARIOS, Report
 
 
 def _format(value: Any) -> str:
@@ -80,8 +80,8 @@ def render_markdown(report: Report) -> str:
     "-s",
     "selected",
     multiple=True,
-    type=click.Choice(SCENARIOS),
-    help="Run only these scenarios (repeatable). Default: all.",
+    type=click.Choice(SCENARIOS + ADMISSION_SCENARIOS),
+    help="Run only these scenarios (repeatable). Default: all but the admission ones.",
 )
 @click.option(
     "--json-out",
@@ -120,6 +120,8 @@ def bench_cmd(
     latency at 50 % load), duty (engine duty cycle, 1024² WebP outputs), scaling (1, 2, 4, 8
     workers), failover (kill -9 of one of four workers), publish (publisher SDK), engine
     (transformer evaluations and CPU time per image per preset, tiny engine on CPU).
+    Selected only with -s: fairness (a tenant floods 20x its quota; with vs without admission),
+    admission (the admission hop's latency at 50 % load), restore (dedupe restore, 1 M entries).
     """
     if ctx.invoked_subcommand is not None:
         return

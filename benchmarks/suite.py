@@ -26,6 +26,9 @@ from inference_consumer.config import WorkerConfig
 
 IMPLS = ("ours", "naive")
 SCENARIOS = ("control", "s3", "overhead", "duty", "scaling", "failover", "publish", "engine")
+# Admission's figures (issue 8; benchmarks/fairness.py, admission_bench.py, restore_bench.py):
+# not in the default run, selected with -s.
+ADMISSION_SCENARIOS = ("fairness", "admission", "restore")
 
 
 @dataclass
@@ -92,7 +95,7 @@ def run_suite(
     ``impls`` limits the run to some implementations (development).
     """
     console = console or Console(stderr=True)
-    chosen = [s for s in SCENARIOS if s in set(selected)]
+    chosen = [s for s in SCENARIOS + ADMISSION_SCENARIOS if s in set(selected)]
     report = Report(machine=machine_info(), sizes=sizes.__dict__.copy(), impls=impls)
     report.machine["ours_options"] = dict(ours_options or {})
     bench = Bench(settings, console, ours_options)
@@ -346,4 +349,19 @@ _RUNNERS = {
     "failover": _failover,
     "publish": _publish,
     "engine": _engine,
+    "fairness": lambda *a: _admission_scenario("fairness", *a),
+    "admission": lambda *a: _admission_scenario("admission", *a),
+    "restore": lambda *a: _admission_scenario("restore", *a),
 }
+
+
+def _admission_scenario(
+    name: str, bench: Bench, sizes: Sizes, report: Report, console: Console
+) -> None:
+    """Admission's scenarios keep their own sizes; ``--quick`` picks their QUICK ones."""
+    import importlib
+
+    module = {"fairness": "fairness", "admission": "admission_bench", "restore": "restore_bench"}
+    importlib.import_module(f"benchmarks.{module[name]}").add_rows(
+        bench, sizes == scenarios.QUICK, report, console
+    )

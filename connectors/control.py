@@ -10,6 +10,7 @@ command beyond ``max_entries``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from connectors.kafka import make_consumer, make_producer
 from connectors.kafka_retry import retry_kafka
@@ -86,33 +87,39 @@ class CancellationWatch:
 
     def _run(self) -> None:
         consumer = make_consumer(self.settings, f"f2p-control-{uuid.uuid4().hex[:12]}")
+        assigned: set[int] = set()
+        ends: dict[int, int] = {}
+        last_refresh = last_expire = float("-inf")
+        failures = 0
         try:
-            assigned: set[int] = set()
-            ends: dict[int, int] = {}
-            last_refresh = last_expire = 0.0
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now - last_refresh > 30:
-                    last_refresh = now
-                    ends |= self._assign_new(consumer, assigned)
-                message = consumer.poll(0.2)
-                if message is not None and message.error() is None:
-                    self._apply(message)
-                if not self._caught_up.is_set() and self._at_end(consumer, ends):
-                    self._caught_up.set()
+                try:
+                    if now - last_refresh > 30:
+                        ends |= self._assign_new(consumer, assigned)
+                        last_refresh = now
+                    message = consumer.poll(0.2)
+                    if message is not None and message.error() is None:
+                        self._apply(message)
+                    if not self._caught_up.is_set() and self._at_end(consumer, ends):
+                        self._caught_up.set()
+                    failures = 0
+                except Exception as exc:  # a broker away: the watch waits and goes on
+                    failures += 1
+                    if failures in (1, 10) or failures % 100 == 0:
+                        log.warning("control topic watch: %s (retrying)", str(exc)[:300])
+                    self._stop.wait(min(5.0, 0.5 * failures))
                 if now - last_expire > 60:
                     last_expire = now
                     self._expire(time.time())
-        except Exception:  # the watch must not die silently: cancellations would stop working
-            log.exception("control topic watch failed; cancellations are not seen any more")
         finally:
             consumer.close()
 
-    def _assign_new(self, consumer: object, assigned: set[int]) -> dict[int, int]:
+    def _assign_new(self, consumer: Consumer, assigned: set[int]) -> dict[int, int]:
         """Assign partitions not assigned yet (the topic may grow); their current ends."""
         metadata = retry_kafka(
             "control topic metadata",
-            lambda: consumer.list_topics(self.topic, timeout=10).topics[self.topic],  # type: ignore[attr-defined]
+            lambda: consumer.list_topics(self.topic, timeout=10).topics[self.topic],
         )
         new = sorted(set(metadata.partitions) - assigned)
         if not new:
@@ -120,28 +127,24 @@ class CancellationWatch:
         ends = {
             p: retry_kafka(
                 "control topic end",
-                lambda p=p: consumer.get_watermark_offsets(  # type: ignore[attr-defined]
-                    TopicPartition(self.topic, p), timeout=10
+                functools.partial(
+                    consumer.get_watermark_offsets, TopicPartition(self.topic, p), timeout=10
                 ),
             )[1]
             for p in new
         }
         assigned.update(new)
-        consumer.incremental_assign(  # type: ignore[attr-defined]
-            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new]
-        )
+        consumer.incremental_assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new])
         return ends
 
-    def _at_end(self, consumer: object, ends: dict[int, int]) -> bool:
+    def _at_end(self, consumer: Consumer, ends: dict[int, int]) -> bool:
         if not ends:
             return False
-        positions = consumer.position(  # type: ignore[attr-defined]
-            [TopicPartition(self.topic, p) for p in ends]
-        )
+        positions = consumer.position([TopicPartition(self.topic, p) for p in ends])
         return all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions)
 
-    def _apply(self, message: object) -> None:
-        value = message.value()  # type: ignore[attr-defined]
+    def _apply(self, message: Message) -> None:
+        value = message.value()
         if value is None:
             return  # compaction's tombstone of an old command
         try:

@@ -92,7 +92,7 @@ def build_dead_letter(
         source_offset=item.offset,
         key=None if minimal or key is None else key[:MAX_KEY_BYTES],
         value=None if minimal or value is None else value[:MAX_VALUE_BYTES],
-        headers=() if minimal else headers,
+        headers=() if minimal else tuple(headers),
         error_code=code,
         error_message=message[:MAX_MESSAGE_CHARS],
         attempts=item.attempt,

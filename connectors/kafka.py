@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -24,6 +24,18 @@ from confluent_kafka.admin import (
 from connectors.settings import Settings
 
 _librdkafka_log = logging.getLogger("librdkafka")
+
+
+def located(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed or delivered message.
+
+    confluent-kafka types them optional (a message not yet delivered has none); a message that
+    poll() returned without an error, or a delivery report without one, has all three.
+    """
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError(f"message has no position: {topic}[{partition}]@{offset}")
+    return topic, partition, offset
 
 
 def common_config(settings: Settings, client_id: str) -> dict[str, Any]:

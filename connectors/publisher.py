@@ -34,14 +34,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from opentelemetry.trace import SpanKind
 
+from connectors import tracing
 from connectors.claim_check import ClaimCheckStore, face_ref, sha256_hex
-from connectors.kafka import make_producer
+from connectors.control import send_cancel
+from connectors.kafka import located, make_producer
 from connectors.registry import make_registry_client
 from connectors.s3 import describe_s3_error, make_s3_client
 from connectors.settings import Settings
 from f2p_errors import F2PError, InvalidInput
 from schemas.codec import AvroCodec
+from schemas.control_records import ControlCommand
 from schemas.images import ALLOWED_CONTENT_TYPES, decode_face_image, sniff_content_type
 from schemas.records import FaceImageRef, GenerationRequest, InlineImage, Lane
 from schemas.validation import RequestLimits, validate_request
@@ -172,6 +176,14 @@ class Publisher:
         self._poller.daemon = True
         self._poller.start()
 
+    def cancel(self, request_id: str, *, reason: str | None = None) -> ControlCommand:
+        """Ask for ``request_id`` to be cancelled (``f2p.control.v1``): still queued, it ends
+        CANCELLED without a GPU; running alone, it stops between denoising steps; already
+        answered, its result stands. Blocks until the command is delivered."""
+        return send_cancel(
+            self._settings, self._codec, request_id, reason=reason, issued_by="publisher-sdk"
+        )
+
     # -- phase 1: prepare (no side effects) -------------------------------------------------------
 
     def prepare(
@@ -209,7 +221,22 @@ class Publisher:
         if data is not None:
             self._check_decodes(data)
 
-        # Step 4. Encode (may register the schema on the embedded stack).
+        # Step 4. Trace context: a "publish" span, child of the caller's current span (or of
+        # the context the request already carries); its W3C fields go into the record.
+        if tracing.enabled():
+            parent = (
+                tracing.extract(fields=request.trace_context) if request.trace_context else None
+            )
+            span = tracing.start(
+                "publish", parent, kind=SpanKind.PRODUCER, request_id=request.request_id,
+                tenant_id=request.tenant_id,
+            )  # fmt: skip
+            request = dataclasses.replace(
+                request, trace_context={**request.trace_context, **tracing.inject(span)}
+            )
+            span.end()
+
+        # Step 5. Encode (may register the schema on the embedded stack).
         topic = lane_topic(self._settings, request.lane)
         value = self._codec.encode(topic, request)
         upload = face if isinstance(request.face, FaceImageRef) else None
@@ -337,16 +364,23 @@ class Publisher:
                     )
                 )
             else:
-                future.set_result(
-                    DeliveryReport(request_id, msg.topic(), msg.partition(), msg.offset(), uploaded)
-                )
+                future.set_result(DeliveryReport(request_id, *located(msg), uploaded))
 
+        trace = prepared.request.trace_context
+        headers: list[tuple[str, str | bytes | None]] = [
+            *tracing.headers_of(
+                {k: v for k, v in trace.items() if k in (tracing.TRACEPARENT, tracing.TRACESTATE)}
+            )
+        ]
         while True:
             try:
                 self._producer.produce(
-                    prepared.topic, value=prepared.value, key=request_id.encode(),
+                    prepared.topic,
+                    value=prepared.value,
+                    key=request_id.encode(),
+                    headers=headers or None,
                     on_delivery=on_delivery,
-                )  # fmt: skip
+                )
                 return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: serve deliveries, then retry

@@ -34,7 +34,7 @@ from schemas.codec import DEFAULT_COMPATIBILITY, register_all
 try:  # the HTTP library confluent-kafka uses (httpx2 when installed, else httpx)
     from confluent_kafka.schema_registry.common._httpx_compat import httpx as _httpx
 except ImportError:  # pragma: no cover - older confluent-kafka
-    import httpx as _httpx
+    import httpx as _httpx  # type: ignore[no-redef]
 
 logger = logging.getLogger(__name__)
 

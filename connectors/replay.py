@@ -32,7 +32,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from connectors.kafka import make_consumer
+from connectors.kafka import located, make_consumer
 from connectors.publisher import Publisher, RateLimiter, lane_topic
 from connectors.registry import make_registry_client
 from connectors.replay_checkpoint import (
@@ -191,8 +191,9 @@ def run_replay(
         already: set[str] = set()
         if resumed:
             for msg in read_to_end(settings, target, start_offsets=state.target_marks):
-                if msg.key() is not None:
-                    already.add(msg.key().decode(errors="replace"))
+                key = msg.key()
+                if key is not None:
+                    already.add(key.decode(errors="replace"))
 
         # Step 4. Read, filter, publish.
         owned = publisher is None and not dry_run
@@ -250,10 +251,11 @@ class _ReplayLoop:
                     if error.code() != KafkaError._PARTITION_EOF:
                         raise ReplayError(f"reading {msg.topic()}: {error.str()}")
                     continue
-                key = partition_key(msg.topic(), msg.partition())
-                if key not in remaining or msg.offset() >= state.ranges[key][1]:
+                topic, partition, offset = located(msg)
+                key = partition_key(topic, partition)
+                if key not in remaining or offset >= state.ranges[key][1]:
                     continue
-                state.next_offsets[key] = msg.offset() + 1
+                state.next_offsets[key] = offset + 1
                 self.report.scanned += 1
                 future = self.replay_one(msg)
                 if future is not None:
@@ -292,10 +294,10 @@ class _ReplayLoop:
             report.skipped["outside_window"] += 1
             return None
         try:
+            topic, partition, offset = located(msg)
             original = self.codec.decode(
-                msg.topic(), msg.value(), partition=msg.partition(), offset=msg.offset(),
-                expect=GenerationRequest,
-            )  # fmt: skip
+                topic, msg.value(), partition=partition, offset=offset, expect=GenerationRequest
+            )
         except UndecodableMessage as exc:
             logger.warning("skipping undecodable request: %s", exc)
             report.skipped["undecodable"] += 1

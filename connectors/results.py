@@ -13,6 +13,7 @@ when ``request_ids`` are given, until each of them has been seen once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -90,7 +91,7 @@ def watermarks(
     """``{partition: (low, high)}`` queried from the broker."""
     return {
         p: retrying(
-            lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout_s),
+            functools.partial(consumer.get_watermark_offsets, TopicPartition(topic, p), timeout_s),
             timeout_s,
         )
         for p in partitions
@@ -202,7 +203,7 @@ def _read(
             if wanted.matches(result):
                 last_match = time.monotonic()
                 unseen.discard(result.request_id)
-                yield result  # type: ignore[misc]
+                yield result
                 if wanted.request_ids and not unseen:
                     return
 

@@ -52,11 +52,17 @@ class WorkerConfig:
     # half of it. A few batches' worth keeps the engine fed without hoarding.
     max_in_flight: int = 64
     # Share of max_in_flight each lane may hold at most, so a backlog on a low lane cannot take
-    # every slot from a higher one (and the engine's lane weights, stride-scheduled).
+    # every slot from a higher one (and the engine's lane weights, stride-scheduled). Over quota
+    # weighs 1/16 of batch: with a flood queued over quota, traffic within quota keeps 94 % of
+    # the engine (80 % at the former 1:4), enough headroom above quotas provisioned at up to
+    # ~90 % of the fleet to drain a tenant's burst in seconds, not minutes; over-quota work still
+    # gets 6 % (never starved) and all of the capacity the lanes above leave (`f2p bench -s
+    # fairness`, docs/BENCHMARKS.md). The in-flight caps follow from the weights
+    # (``Worker._loop_config``).
     lane_weights: tuple[tuple[str, float], ...] = (
         ("interactive", 16.0),
         ("batch", 4.0),
-        ("overquota", 1.0),
+        ("overquota", 0.25),
     )
     # A message whose value is larger than this is dead-lettered unread (the lanes' own limit
     # is 1 MiB compressed; a valid request is a few KiB plus at most 256 KiB of inline face).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -73,12 +74,13 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
             prompt=i.request.prompt,
             negative_prompt=i.request.negative_prompt,
             params=engine_params(i.request),
-            cancelled=lambda rid=i.request_id: ctx.cancelled(rid),
+            cancelled=functools.partial(ctx.cancelled, i.request_id),
         )
         for i in items
         if i.request is not None and i.face is not None
     ]
     started = time.perf_counter()
+    started_ns = time.time_ns()
     try:
         results = ctx.engine.generate(requests)
     except EngineInterrupted as exc:  # a lone request cancelled between denoising steps
@@ -104,7 +106,9 @@ def _generate(ctx: StageContext, items: list[WorkItem]) -> list[tuple[WorkItem, 
     elapsed = time.perf_counter() - started
     ctx.metrics.engine_seconds.observe(elapsed)
     ctx.metrics.batch_size.observe(len(items))
+    ended_ns = time.time_ns()
     for item, output in zip(items, results, strict=True):
+        item.marks["engine_start"], item.marks["engine_end"] = started_ns, ended_ns
         item.timings["engine"] = elapsed * 1000
         item.batch_size = len(items)
         item.transformer_evaluations = output.transformer_evaluations
@@ -143,7 +147,7 @@ class EngineLoop:
                         emit_safely(
                             self.ctx,
                             item,
-                            lambda item=item: retry_outcome(self.ctx, item, "engine loop error"),
+                            functools.partial(retry_outcome, self.ctx, item, "engine loop error"),
                         )
                 self.last_progress = time.monotonic()
 

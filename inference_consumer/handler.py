@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from connectors import tracing
 from connectors.eos.records import TP, Completion, MessageRef
 from connectors.headers import BadHeader, check_headers
 from inference_consumer.batcher import RequestBatcher
@@ -49,6 +50,7 @@ class WorkerHandler:
         self.writer = writer
         self.lane_of_topic = lane_of_topic
         self.retry_topic = retry_topic
+        self._tracing = tracing.enabled()  # decided once: configure tracing before the worker
         # Retries whose not-before time has not come: (not_before_ms, seq, item).
         self.delayed: list[tuple[int, int, WorkItem]] = []
         self._seq = itertools.count()
@@ -63,6 +65,8 @@ class WorkerHandler:
             headers=list(message.headers() or ()),
             lane=self.lane_of_topic.get(ref.topic, "batch"),
         )
+        if self._tracing:
+            item.trace_parent = tracing.extract(item.headers)
         problem = self._check(item)
         if problem is not None:
             code, why = problem
@@ -88,6 +92,11 @@ class WorkerHandler:
     def committed(self, completions: list[Completion]) -> None:
         metrics = self.ctx.metrics
         now = time.time()
+        if self._tracing:
+            committed_ns = time.time_ns()
+            for completion in completions:
+                if isinstance(completion.context, Outcome):
+                    trace_stages(completion.context, committed_ns)
         for completion in completions:
             outcome = completion.context
             if not isinstance(outcome, Outcome):
@@ -170,3 +179,34 @@ class WorkerHandler:
             release_face(self.ctx, item)
             why = f"{type(exc).__name__}: {exc}"
             emit_safely(self.ctx, item, lambda: retry_outcome(self.ctx, item, why))
+
+
+def trace_stages(outcome: Outcome, committed_ns: int) -> None:
+    """The spans of one request's visit to the worker, from the times its stages noted: a
+    "worker" span (received → committed) with queue wait, prefetch, engine, upload and commit
+    inside, in the trace the message came with (its headers, else the record's context)."""
+    item = outcome.item
+    parent = item.trace_parent
+    if (parent is None or not tracing.has_span(parent)) and item.request is not None:
+        parent = tracing.extract(fields=item.request.trace_context)
+    marks = item.marks
+    status = outcome.status
+    worker = tracing.start_at(
+        "worker", parent, marks["received"], request_id=item.request_id, status=status,
+        topic=item.topic, partition=item.partition, offset=item.offset, lane=item.lane,
+    )  # fmt: skip
+    stages = (
+        ("prefetch", "received", "prefetched"),
+        ("queue wait", "prefetched", "engine_start"),
+        ("engine", "engine_start", "engine_end"),
+        ("upload", "upload_start", "upload_end"),
+        ("commit", "completed", None),
+    )
+    for name, start, end in stages:
+        if start in marks:
+            end_ns = committed_ns if end is None else marks.get(end)
+            if end_ns is not None:
+                tracing.record(
+                    name, worker, marks[start], end_ns, batch_size=item.batch_size or None
+                )
+    worker.end(end_time=committed_ns)

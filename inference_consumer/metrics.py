@@ -76,6 +76,11 @@ class WorkerMetrics:
             "Redelivered messages skipped because their outcome was already committed",
             registry=r,
         )
+        self.fetch_restarts = Counter(
+            "f2p_worker_fetch_restarts",
+            "Partitions assigned again because the consumer never started fetching them",
+            registry=r,
+        )
         self.engine_recompiles = Gauge(
             "f2p_worker_engine_recompiles",
             "torch.compile graphs built after warm-up (0 when not compiled)",
@@ -104,10 +109,13 @@ class WorkerMetrics:
     def redelivered(self, count: int) -> None:
         self.redelivered_done.inc(count)
 
+    def fetch_restarted(self) -> None:
+        self.fetch_restarts.inc()
+
     def sample_gpu(self) -> None:
         """Read NVML utilisation when available; silently absent on CPU-only machines."""
         try:
-            import pynvml  # type: ignore[import-not-found]
+            import pynvml  # type: ignore[import-not-found,unused-ignore]
 
             pynvml.nvmlInit()
             for index in range(pynvml.nvmlDeviceGetCount()):

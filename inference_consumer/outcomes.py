@@ -142,13 +142,13 @@ class OutcomeWriter:
     def _fallback(self, item: WorkItem, outcome: Outcome) -> list[OutputRecord] | None:
         """A minimal dead letter (coordinates, sizes, digests): what is written if the broker
         refuses the outcome's records for good."""
+        refused = f"the broker refused the {outcome.kind.value} record(s) of this message"
+        code, message = "OUTPUT_REFUSED", refused
+        if outcome.dead_letter is not None:  # the letter was refused: keep why it was one
+            original = outcome.dead_letter
+            code, message = original.error_code, f"{refused}; {original.error_message}"
         try:
-            letter = build_dead_letter(
-                item,
-                "OUTPUT_REFUSED",
-                f"the broker refused the {outcome.kind.value} record(s) of this message",
-                minimal=True,
-            )
+            letter = build_dead_letter(item, code, message, minimal=True)
             return [self._dead_letter_record(item, self.codec.encode(self.topics.dlq, letter))]
         except Exception as exc:  # the registry is down: nothing better than writing nothing
             log.warning("no fallback dead letter: %s", str(exc)[:300], extra=item.where())

@@ -93,6 +93,7 @@ def _prefetch(ctx: StageContext, item: WorkItem) -> WorkItem | None:
     item.reserved_bytes = image_bytes(face)
     ctx.held.add(item.reserved_bytes)
     item.timings["fetch"] = (time.perf_counter() - started) * 1000
+    item.marks["prefetched"] = time.time_ns()
     return item
 
 

@@ -56,6 +56,7 @@ def encode_and_upload(ctx: StageContext, item: WorkItem, output: EngineOutput) -
     """Encode every image of ``output``, upload them, and return the OK result outcome."""
     request = item.request
     assert request is not None
+    item.marks["upload_start"] = time.time_ns()
     fmt = request.params.output_format
     images = []
     encode_s = upload_s = 0.0
@@ -89,6 +90,7 @@ def encode_and_upload(ctx: StageContext, item: WorkItem, output: EngineOutput) -
         )
     item.timings["encode"] = encode_s * 1000
     item.timings["upload"] = upload_s * 1000
+    item.marks["upload_end"] = time.time_ns()
     return result_outcome(ctx, item, ResultStatus.OK, images=tuple(images))
 
 

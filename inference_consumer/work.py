@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from PIL import Image
 
@@ -35,6 +36,12 @@ class WorkItem:
     attempt: int = 1
     not_before_ms: int = 0
     received_mono: float = field(default_factory=time.monotonic)
+    # Wall-clock ns of each stage boundary (received, prefetched, engine_start, engine_end,
+    # upload_start, upload_end, completed): the spans of the request's trace, made after the
+    # commit from these (``WorkerHandler.committed``).
+    marks: dict[str, int] = field(default_factory=lambda: {"received": time.time_ns()})
+    # The trace context the message came with (its Kafka headers), when tracing is on.
+    trace_parent: Any = None
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     request: GenerationRequest | None = None
     # Set once the request's identity (request_id, tenant_id) passed validation.

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -71,7 +72,7 @@ class Worker:
         limits: RequestLimits | None = None,
         codec: AvroCodec | None = None,
         s3: ObjectStore | None = None,
-        create_consumer: Callable[[KafkaTimeouts], Any] | None = None,
+        create_consumer: Callable[[KafkaTimeouts, dict[str, Any]], Any] | None = None,
         create_producer: Callable[[KafkaTimeouts], Any] | None = None,
     ) -> None:
         self.settings = settings
@@ -97,7 +98,7 @@ class Worker:
         weights = dict(config.lane_weights)
         self.batcher = RequestBatcher(
             {lane: weights.get(lane, 1.0) for lane in self.lane_topics},
-            lambda item: engine.batch_key(engine_params(item.request), item.request.prompt),
+            self._batch_key,
             max_batch_size=engine.max_batch_size,
             max_wait_s=config.max_batch_wait_ms / 1000,
         )
@@ -172,7 +173,7 @@ class Worker:
         )
         self.loop = EosLoop(
             topics=self.topics,
-            create_consumer=lambda: self._create_consumer(timeouts),
+            create_consumer=lambda loop_config: self._create_consumer(timeouts, loop_config),
             producer=producer,
             handler=handler,
             config=self._loop_config(),
@@ -201,9 +202,15 @@ class Worker:
         weights = dict(c.lane_weights)
         heaviest = max(weights.values())
         # A lane may hold a share of the in-flight slots in proportion to its weight (the
-        # heaviest lane all of them), so a low lane's backlog always leaves room above it.
+        # heaviest lane all of them), so a low lane's backlog always leaves room above it; but
+        # never less than two full batches (one in the engine, one filling), or a lone low lane
+        # runs the GPU on small batches (64 slots: batch lane 16, overquota 4 < a batch of 4+).
+        floor = 2 * self.engine.max_batch_size
         caps = {
-            topic: max(1, round(c.max_in_flight * weights.get(lane, 1.0) / heaviest))
+            topic: min(
+                c.max_in_flight,
+                max(floor, round(c.max_in_flight * weights.get(lane, 1.0) / heaviest)),
+            )
             for topic, lane in self.lane_of_topic.items()
             if topic in self.topics
         }
@@ -252,8 +259,8 @@ class Worker:
             )
             if refused:
                 log.warning(
-                    "group %s keeps the broker's session timeout (raise nothing, lower "
-                    "group.consumer.min.session.timeout.ms to allow %d ms): %s",
+                    "could not set group %s's session timeout to %d ms (it keeps what it has; "
+                    "a broker may need a lower group.consumer.min.session.timeout.ms): %s",
                     self.config.group_id,
                     timeouts.session_timeout_ms,
                     refused,
@@ -262,9 +269,16 @@ class Worker:
 
     # -- clients --------------------------------------------------------------------------------
 
-    def _real_consumer(self, timeouts: KafkaTimeouts) -> Any:
+    def _batch_key(self, item: WorkItem) -> Hashable:
+        """Requests the engine can run in one call share a key (decoded requests only)."""
+        request = item.request
+        assert request is not None, "only decoded requests reach the batcher"
+        return self.engine.batch_key(engine_params(request), request.prompt)
+
+    def _real_consumer(self, timeouts: KafkaTimeouts, loop_config: dict[str, Any]) -> Any:
         c = self.config
         extra: dict[str, Any] = {
+            **loop_config,
             "session.timeout.ms": timeouts.session_timeout_ms,
             "heartbeat.interval.ms": timeouts.heartbeat_interval_ms,
             # The poll thread never waits on inference: this only catches a wedged process.
@@ -307,6 +321,7 @@ class Worker:
     def _emit(self, outcome: Outcome) -> None:
         """Stages' outcomes: free the face, encode, hand to the loop (any thread)."""
         release_face(self.ctx, outcome.item)
+        outcome.item.marks["completed"] = time.time_ns()
         completion = self.writer.completion(outcome)
         if self.loop is not None:
             self.loop.complete(completion)

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from f2p_errors import ConfigError
+from inference_consumer.config import WorkerConfig
 from inference_consumer.engines.sim import BATCH_EXPONENT, JITTER_SIGMA, expected_service_time
 
 SIM_REQUESTS = 100_000
@@ -350,7 +351,7 @@ def plan_capacity(
     partitions_per_lane = partitions or gpus
     per_replica = qps * _mean(stats.sojourns) / gpus  # Little's law, per GPU
     lag_threshold = max(1, round(per_replica))
-    in_flight = max_in_flight or 2 * max_batch
+    in_flight = max_in_flight or default_max_in_flight(max_batch)
     drain = math.ceil(in_flight / max_batch) * service.batch_s(max_batch) * (1 + 4 * JITTER_SIGMA)
     shutdown = math.ceil(drain * 1.2 + 5)
     return CapacityPlan(
@@ -391,6 +392,17 @@ def plan_capacity(
         termination_grace_s=shutdown + 15,
         notes=notes,
     )
+
+
+def default_max_in_flight(max_batch: int) -> int:
+    """Two batches per lane a worker serves (interactive, batch, overquota): 24 for batches of 4.
+
+    The worker caps each lane at a weight share of max_in_flight but at least two batches
+    (``Worker._loop_config``): with the default weights (16, 4, 1) and 2B per lane the lower
+    lanes' caps are 2B each, so their backlog together still leaves two batches of slots for
+    interactive requests, and a lane served alone runs full batches (one on the GPU, one
+    prefetched). ``tests/infra/test_capacity.py`` checks this against the worker's caps."""
+    return 2 * max_batch * len(WorkerConfig().lane_weights)
 
 
 def _fewest_gpus_for(qps: float, partitions: int, capacity: float, max_load: float) -> int:

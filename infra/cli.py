@@ -318,7 +318,9 @@ def kafka_cmd(tool: str, args: tuple[str, ...]) -> None:
     help="One transformer pass at 1024x1024 (the sim engine's calibration).",
 )
 @click.option("--overhead-ms", type=click.FloatRange(0, 60_000), default=25.0, show_default=True)
-@click.option("--max-in-flight", type=click.IntRange(1, 100_000), help="Default: 2 batches.")
+@click.option(
+    "--max-in-flight", type=click.IntRange(1, 100_000), help="Default: 2 batches per lane."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def capacity_cmd(
     qps: float,

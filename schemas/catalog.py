@@ -64,7 +64,9 @@ def schema_str(name: str) -> str:
 @functools.cache
 def parsed_schema(name: str) -> dict[str, Any]:
     """The current schema parsed by fastavro, ready for writers and as reader schema."""
-    return fastavro.parse_schema(schema_json(name))
+    parsed = fastavro.parse_schema(schema_json(name))
+    assert isinstance(parsed, dict), f"{name}: a record schema parses to a dict"
+    return parsed
 
 
 def canonical_text(schema: dict[str, Any]) -> str:

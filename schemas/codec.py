@@ -21,7 +21,7 @@ import logging
 import struct
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -55,7 +55,10 @@ DEFAULT_COMPATIBILITY = "FULL_TRANSITIVE"
 _SUBJECT_NOT_FOUND = 40401
 _SCHEMA_NOT_FOUND = 40403
 
-_ReaderEntry = tuple[type[Record], dict[str, Any], dict[str, Any] | None]
+_ReaderEntry = tuple[type[Record], Any, dict[str, Any] | None]
+
+#: The record type a caller expects from a topic (``decode(..., expect=RequestStatus)``).
+Expected = TypeVar("Expected", bound=Record)
 
 
 def _not_found(exc: SchemaRegistryError) -> bool:
@@ -159,6 +162,7 @@ class AvroCodec:
 
     # -- decode ----------------------------------------------------------------------------------
 
+    @overload
     def decode(
         self,
         topic: str,
@@ -166,7 +170,28 @@ class AvroCodec:
         *,
         partition: int | None = None,
         offset: int | None = None,
-        expect: type[Record] | None = None,
+        expect: type[Expected],
+    ) -> Expected: ...
+
+    @overload
+    def decode(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        offset: int | None = None,
+        expect: None = None,
+    ) -> Record: ...
+
+    def decode(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        offset: int | None = None,
+        expect: type[Any] | None = None,
     ) -> Record:
         """Deserialize a message value into its record dataclass.
 
@@ -216,6 +241,8 @@ class AvroCodec:
             raise fail("AVRO_DECODE_ERROR", detail, schema_id)
 
         # Step 4. Dataclass.
+        if not isinstance(data, dict):  # a record schema always reads as a dict
+            raise fail("AVRO_DECODE_ERROR", f"body is a {type(data).__name__}, not a record")
         try:
             return cls.from_avro(data)
         except Exception as exc:

@@ -32,7 +32,7 @@ import random
 import struct
 import zlib
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 from PIL import (
     Image,
@@ -249,14 +249,16 @@ def decode_face_image(
             raise _classify(exc, "TRUNCATED_IMAGE", f"truncated or corrupt {content_type}") from exc
 
         # Step 5. Orientation, colour and size.
-        try:
-            oriented = ImageOps.exif_transpose(image)
-        except Exception:  # a broken EXIF block must not fail an otherwise fine image
-            oriented = image
-        result = _to_rgb(oriented or image)
+        # In place: without an orientation tag the default returns a full copy (64 MiB for a
+        # 4096² face; issue 7 item 5). A broken EXIF block must not fail a fine image.
+        with suppress(Exception):
+            ImageOps.exif_transpose(image, in_place=True)
+        result = _to_rgb(image)
         target = _fit(result.size, max_area)
         if target != result.size:
             result = result.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+        elif result is image:
+            result = image.copy()  # within max_area, so small: detached from the file we close
         result.load()
         image.close()
     return result
@@ -281,10 +283,11 @@ def pixel_bytes(size: tuple[int, int], mode: str) -> int:
 
 # -- the bundled sample face ---------------------------------------------------------------------
 
-_SKIN = ((255, 224, 189), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36))
-_SKIN += ((255, 205, 180),)
-_HAIR = ((35, 25, 20), (90, 56, 37), (165, 107, 70), (230, 190, 120), (180, 60, 30))
-_HAIR += ((120, 120, 125),)
+_Rgb = tuple[int, int, int]
+_SKIN: tuple[_Rgb, ...] = ((255, 224, 189), (241, 194, 125), (224, 172, 105), (198, 134, 66))
+_SKIN += ((141, 85, 36), (255, 205, 180))
+_HAIR: tuple[_Rgb, ...] = ((35, 25, 20), (90, 56, 37), (165, 107, 70), (230, 190, 120))
+_HAIR += ((180, 60, 30), (120, 120, 125))
 _IRIS = ((70, 110, 170), (90, 60, 40), (60, 120, 70), (50, 50, 60))
 
 

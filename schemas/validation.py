@@ -123,8 +123,12 @@ shown = _short
 
 
 def _in_range(field: str, value: object, low: float, high: float) -> None:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or not low <= value <= high:  # type: ignore[arg-type]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise _fail(
             field, f"must be between {low} and {high}, got {_short(value)}", "PARAM_OUT_OF_RANGE"
         )

@@ -33,6 +33,7 @@ from connectors.eos.exceptions import (
     ProducerFenced,
     ProducerWedged,
 )
+from connectors.eos.fetch_watch import FetchWatch
 from connectors.eos.offsets import CorruptCommitMetadata, PartitionOffsets
 from connectors.eos.partition import Assignment, PartitionState, Phase
 from connectors.eos.producer import RecordRefused, TransactionAborted, TransactionalProducer
@@ -116,6 +117,9 @@ class LoopConfig:
     # /healthz fails when work is waiting and nothing committed or progressed for this long.
     stall_timeout_s: float = 300.0
     lag_interval_s: float = 1.0
+    # An activated partition librdkafka has not started fetching after this long is assigned
+    # again at its restored offset (fetch_watch.py: a lost OffsetFetch leaves it unfetched).
+    fetch_start_timeout_s: float = 10.0
 
 
 class LoopMetrics(Protocol):
@@ -123,6 +127,7 @@ class LoopMetrics(Protocol):
     def set_assignment(self, assigned: int, paused: int, in_flight: int) -> None: ...
     def set_lag(self, lag: int) -> None: ...
     def redelivered(self, count: int) -> None: ...
+    def fetch_restarted(self) -> None: ...
 
 
 class _NoMetrics:
@@ -136,6 +141,9 @@ class _NoMetrics:
         pass
 
     def redelivered(self, count: int) -> None:
+        pass
+
+    def fetch_restarted(self) -> None:
         pass
 
 
@@ -163,7 +171,7 @@ class EosLoop:
         self,
         *,
         topics: list[str],
-        create_consumer: Callable[[], Any],
+        create_consumer: Callable[[dict[str, Any]], Any],
         producer: TransactionalProducer,
         handler: Handler,
         config: LoopConfig,
@@ -202,6 +210,8 @@ class EosLoop:
         self._was_saturated = False
         self._restoring = False  # some partition may be RESTORING (assigned or rewound)
         self._next_prepare = float("-inf")
+        self._last_fetch_check = float("-inf")
+        self.fetch_watch = FetchWatch(clock=clock)
         self.assigned_once = False
 
     # -- thread-safe entry points for the handler's threads ----------------------------------
@@ -225,7 +235,8 @@ class EosLoop:
         self.consumer = self._subscribe()
 
     def _subscribe(self) -> Any:
-        consumer = self._create_consumer()
+        # The consumer reports its partitions' fetch states to the loop (fetch_watch.py).
+        consumer = self._create_consumer(self.fetch_watch.consumer_config())
         consumer.subscribe(
             self.topics,
             on_assign=self._on_assign,
@@ -282,6 +293,9 @@ class EosLoop:
             self._next_prepare = now + 0.5
             self.producer.prepare(self.config.call_timeout_s)
         self._restore()
+        if now - self._last_fetch_check >= 1.0:
+            self._last_fetch_check = now
+            self._restart_stalled_fetches()
         self._poll()
         self.handler.tick()
         self._collect()
@@ -291,19 +305,34 @@ class EosLoop:
             self._update_lag()
 
     def _poll(self) -> None:
-        in_flight = self.assignment.in_flight()
-        room = self.config.max_in_flight - in_flight
-        busy = in_flight > 0 or bool(self._pending)
+        busy = self.assignment.in_flight() > 0 or bool(self._pending)
         first = self.consumer.poll(self.config.busy_poll_s if busy else 0.05)
         if first is None:
             return
         self._moved()
+        room = self._room()  # idle turns skip it; ``first`` is not dispatched yet
         rest = self.consumer.consume(min(room - 1, 500), timeout=0) if room > 1 else []
         redelivered = 0
         for message in _interleaved([first, *rest]) if rest else [first]:
             redelivered += self._on_message(message)
         if redelivered:
             self.metrics.redelivered(redelivered)
+
+    def _room(self) -> int:
+        """How many messages this poll may take: the global room, and no more than the room
+        of the tightest capped topic still fetching. One consume returns any topic's
+        messages; without this, a low lane's prefetched backlog overshoots its cap up to the
+        global bound, which then pauses every lane above it until half of it is done."""
+        if not self.config.topic_in_flight:
+            return self.config.max_in_flight - self.assignment.in_flight()
+        by_topic: Counter[str] = Counter()
+        for state in self.assignment:
+            by_topic[state.topic] += state.in_flight
+        room = self.config.max_in_flight - sum(by_topic.values())
+        for topic, cap in self.config.topic_in_flight.items():
+            if topic in by_topic and topic not in self._topic_paused:
+                room = min(room, cap - by_topic[topic])
+        return room
 
     def _on_message(self, message: Any) -> int:
         """Dispatch one message; 1 when it was skipped as already done."""
@@ -565,19 +594,64 @@ class EosLoop:
             state.needs_initial_commit = True
         base = state.offsets.base
         assert base is not None
-        try:
-            # Where the fetch resumes anyway after an assignment, and what a rewind needs; it
-            # also wakes librdkafka's fetcher at once (a resume alone can idle up to 1 s).
-            self.consumer.seek(TopicPartition(state.topic, state.partition, base))
-        except KafkaException as exc:
-            if state.must_seek:
-                self._restore_failed([state], exc)
-                return  # a rewind must not continue from the old position: seek next turn
-            log.debug("seek of %s[%d] deferred: %s", state.topic, state.partition, exc)
+        if state.must_seek:
+            # A rewind: the consumer's position is past the commit point. (After an assignment
+            # the fetch starts at the committed offset by itself; a seek there would only cost
+            # the consumer its position, which committing past trailing markers needs.)
+            try:
+                self.consumer.seek(TopicPartition(state.topic, state.partition, base))
+            except KafkaException as exc:
+                not_fetching = exc.args[0].code() == KafkaError._STATE
+                # A partition whose fetch never started refuses seeks: start it at base instead.
+                if not not_fetching or not self._restart_fetch(state, base, "seek refused"):
+                    self._restore_failed([state], exc)
+                    return  # a rewind must not continue from the old position: seek next turn
         state.must_seek = False
         state.phase = Phase.ACTIVE
         state.restore_failures = 0
+        state.activated_at = self.clock()
+        state.fetch_confirmed = False
         self._moved()
+
+    def _restart_stalled_fetches(self) -> None:
+        """Assign again, at the restored offset, each active partition librdkafka has not
+        started fetching ``fetch_start_timeout_s`` after its activation (fetch_watch.py)."""
+        watch = self.fetch_watch
+        for state in self.assignment:
+            if state.phase is not Phase.ACTIVE or state.fetch_confirmed:
+                continue
+            if watch.fetching(state.tp) or state.offsets.highest is not None:
+                state.fetch_confirmed = True  # a message came: it is fetching
+                continue
+            activated_at, base = state.activated_at, state.offsets.base
+            if activated_at is None or base is None:
+                continue
+            # Judged only on statistics taken a full timeout after the activation.
+            if watch.reported_at >= activated_at + self.config.fetch_start_timeout_s:
+                reason = f"fetch state {watch.state(state.tp)!r} since activation"
+                if self._restart_fetch(state, base, reason):
+                    state.activated_at = self.clock()
+
+    def _restart_fetch(self, state: PartitionState, base: int, reason: str) -> bool:
+        """Start fetching ``state``'s partition at ``base`` without librdkafka's OffsetFetch:
+        remove it from the consumer's assignment and add it back with an explicit offset."""
+        tp = TopicPartition(state.topic, state.partition)
+        try:
+            self.consumer.incremental_unassign([tp])
+            self.consumer.incremental_assign([TopicPartition(state.topic, state.partition, base)])
+            (self.consumer.pause if state.paused else self.consumer.resume)([tp])
+        except KafkaException as exc:
+            log.warning("%s[%d]: restarting its fetch failed: %s", tp.topic, tp.partition, exc)
+            return False
+        log.warning(
+            "%s[%d]: librdkafka was not fetching it (%s); assigned again at offset %d",
+            tp.topic,
+            tp.partition,
+            reason,
+            base,
+        )
+        self.metrics.fetch_restarted()
+        return True
 
     def _restore_failed(self, states: list[PartitionState], error: object) -> None:
         for state in states:
@@ -712,11 +786,26 @@ class EosLoop:
 
     def _wake_fetcher(self, partitions: list[TopicPartition]) -> None:
         """Make librdkafka fetch resumed partitions now rather than at its next wake-up (up to
-        1 s later; pause() also purged their prefetched messages). A seek to the current
-        position — where the fetch resumes anyway — wakes it at once."""
+        1 s later, measured: pause() also purged their prefetched messages). A seek to the
+        current position — where the fetch resumes anyway — wakes it at once.
+
+        Only partitions with a backlog get the seek: after a seek the consumer reports no
+        position until the next message arrives, and an idle partition whose tail is a
+        transaction marker needs that position to commit past the marker (``_update_lag``).
+        The backlog is judged by the cached high watermark: more than one offset (a marker)
+        beyond what was polled.
+        """
         for tp in self.consumer.position(partitions):
             if tp.offset < 0:
                 continue  # nothing consumed yet: the restore's seek already woke it
+            state = self.assignment.get((tp.topic, tp.partition))
+            highest = state.offsets.highest if state is not None else None
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                high = -1
+            if highest is not None and 0 <= high <= highest + 2:
+                continue  # caught up (or only a marker left): a fetch will come anyway
             try:
                 self.consumer.seek(tp)
             except KafkaException as exc:  # only a wake-up: the resume stands without it

@@ -51,6 +51,10 @@ class PartitionState:
     must_seek: bool = False
     # The committed offset and metadata read for this generation (restore.py), once known.
     restore_point: RestorePoint | None = None
+    # When the partition became ACTIVE (loop clock), and whether librdkafka was seen fetching
+    # it since: one that never starts is assigned again at its offset (fetch_watch.py).
+    activated_at: float | None = None
+    fetch_confirmed: bool = False
 
     @property
     def tp(self) -> TP:

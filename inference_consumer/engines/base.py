@@ -192,13 +192,13 @@ def check_request(
             f"{params.num_images} is not in [1, {max_num_images}]",
             "INVALID_PARAMETER",
         )
-    for field, value in (
+    for field, scale in (
         ("true_cfg_scale", params.true_cfg_scale),
         ("lora_scale", params.lora_scale),
     ):
-        if not math.isfinite(value) or value < 0:
+        if not math.isfinite(scale) or scale < 0:
             raise EngineInputError(
-                f"params.{field}", f"{value} is not a finite number >= 0", "INVALID_PARAMETER"
+                f"params.{field}", f"{scale} is not a finite number >= 0", "INVALID_PARAMETER"
             )
     face = request.face
     if not isinstance(face, Image.Image) or face.width < 1 or face.height < 1:

@@ -28,7 +28,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -359,7 +359,7 @@ def verify_adapter(
         if not _same(a, pair.down) or not _same(b, pair.up):
             problems["tensors differ from the file"].extend(pair.keys)
         intended = pair.scale * weight
-        scale = float(layer.scaling[adapter])
+        scale = float(cast("dict[str, float]", layer.scaling)[adapter])  # peft's per-adapter dict
         if not math.isclose(scale, intended, rel_tol=1e-6, abs_tol=1e-12):
             problems[f"applied at scale {scale:g}, not alpha/rank x weight = {intended:g}"].extend(
                 pair.keys

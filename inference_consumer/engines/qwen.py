@@ -267,8 +267,10 @@ class QwenF2PEngine(Engine):
 
     def _prompt_tokens(self, prompt: str) -> int:
         """Text tokens of ``prompt`` in the encoder template (the condition image's aside)."""
+        tokenizer = self._key_tokenizer
+        assert tokenizer is not None, "keys by prompt length exist only without padded batches"
         with self._key_lock:
-            return len(self._key_tokenizer(self._template.format(prompt))["input_ids"])
+            return len(tokenizer(self._template.format(prompt))["input_ids"])
 
     def _generate_group(
         self,

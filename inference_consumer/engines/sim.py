@@ -169,9 +169,14 @@ class SimEngine(Engine):
                 if remaining > 0:
                     self._sleep(remaining)
                 reached = target
-            cancellable = lone is not None and lone.cancelled is not None and step + 1 < steps
-            if cancellable and lone.cancelled():  # type: ignore[union-attr]
-                raise EngineInterrupted(lone.request_id, step + 1)  # type: ignore[union-attr]
+            last_step = step + 1 == steps  # a request done at its last step is not interrupted
+            if (
+                lone is not None
+                and lone.cancelled is not None
+                and not last_step
+                and lone.cancelled()
+            ):
+                raise EngineInterrupted(lone.request_id, step + 1)
         return steps
 
     def _plan_or_raw(self, request: EngineRequest) -> Plan:

@@ -140,10 +140,17 @@ def fleet_dashboard() -> dashboard.Dashboard:
                 "reqps",
                 [
                     (
-                        f'sum(rate(f2p_worker_results_total{{status="DEAD_LETTER"}}[{RATE}]))',
-                        "to DLQ",
+                        # One query, a line per stage that dead-lettered anything: with
+                        # admission in front, poison is caught there and a worker's line
+                        # appears only for what fails later (retries exhausted, say).
+                        f'label_replace(sum(rate(f2p_admission_requests_total{{outcome="dead_letter"}}'
+                        f'[{RATE}])), "stage", "admission", "", "") or label_replace(sum(rate('
+                        f'f2p_worker_results_total{{status="DEAD_LETTER"}}[{RATE}])), "stage", '
+                        f'"workers", "", "")',
+                        "{{stage}}",
                     )
                 ],
+                "Records sent to f2p.dlq.v1, by the stage that sent them.",
             )
         )
         .with_panel(
@@ -203,8 +210,8 @@ def fleet_dashboard() -> dashboard.Dashboard:
                 "Consumer lag per lane",
                 "none",
                 [(f"sum by (topic) (kafka_consumergroup_lag{{{group}}})", "{{topic}}")],
-                "Log-end minus committed offset. An idle transactional partition keeps 1 (its "
-                "commit marker).",
+                "Log-end minus committed offset (0 when idle: the workers commit past "
+                "trailing transaction markers).",
             )
         )
         .with_panel(
@@ -305,6 +312,27 @@ def fleet_dashboard() -> dashboard.Dashboard:
                 "s",
                 _quantiles("f2p_admission_hop_seconds", "job"),
                 "Ingress record → admitted to its lane (DESIGN: P99 <= 10 ms added).",
+            )
+        )
+        .with_panel(
+            _series(
+                "Admission dead letters by reason",
+                "reqps",
+                [(f"sum by (reason) (rate(f2p_admission_errors_total[{RATE}]))", "{{reason}}")],
+                "Ingress records admission could not key by a request_id (undecodable, bad "
+                "identity, oversized): to f2p.dlq.v1.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Admission backlog and dedupe state",
+                "none",
+                [
+                    ("sum by (instance) (f2p_admission_consumer_lag)", "lag {{instance}}"),
+                    ("sum by (instance) (f2p_admission_dedupe_entries)", "dedupe {{instance}}"),
+                ],
+                "Ingress and repartition records not yet admitted; request_ids held for "
+                "duplicate detection (bounded by the dedupe horizon).",
             )
         )
     )

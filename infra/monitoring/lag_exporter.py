@@ -22,7 +22,7 @@ from http.server import ThreadingHTTPServer
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
@@ -47,7 +47,7 @@ class LagCollector(Collector):
             "f2p_lag_exporter_scrape_seconds", "Time to read the offsets", registry=self.registry
         )
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "kafka_consumergroup_lag",
             "Log-end offset minus committed offset",

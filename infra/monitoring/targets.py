@@ -43,8 +43,9 @@ def register_target(
         raise ConfigError(f"scrape target port must be a TCP port, got {port}")
     directory = targets_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    entry = [{"targets": [f"{host}:{port}"], "labels": {**(labels or {}), "job": job}}]
-    entry[0]["labels"]["instance"] = name
+    entry = [
+        {"targets": [f"{host}:{port}"], "labels": {**(labels or {}), "job": job, "instance": name}}
+    ]
     path = directory / f"{name}.json"
     # Prometheus may read while we write: write aside, then rename (atomic on one filesystem).
     tmp = path.with_suffix(".tmp")

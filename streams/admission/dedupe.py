@@ -23,12 +23,13 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from connectors.settings import Settings
-from connectors.topic_reader import read_to_end
+from connectors.topic_reader import read_batches_to_end
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +54,65 @@ def decode_entry(value: bytes) -> tuple[int, Seen]:
     return first_seen_ms, Seen(outcome)
 
 
+# An entry in memory is one int: first seen (epoch ms) << 3 | outcome; the expiry queue holds
+# only the ids (the time is the entry's). A tuple per entry and a (time, id) tuple per queue slot
+# took 342 bytes per entry at 1 M entries, this 197 (``f2p bench -s restore``,
+# docs/BENCHMARKS.md).
+_OUTCOME_BITS = 3
+_OUTCOME_MASK = (1 << _OUTCOME_BITS) - 1
+_OUTCOMES = {int(seen): seen for seen in Seen}
+
+
+def _pack(first_seen_ms: int, outcome: int) -> int:
+    # An outcome byte this version does not know still means "seen": a duplicate of it gets no
+    # second outcome (a restore must not fail on it, or the partition would never serve).
+    code = outcome if outcome in _OUTCOMES else Seen.ACCEPTED
+    return first_seen_ms << _OUTCOME_BITS | code
+
+
 @dataclass
 class PartitionStore:
     """The request_ids of one repartition partition first seen within the horizon."""
 
     horizon_ms: int
-    # request_id -> (first seen ms, outcome, duplicates seen since).
-    entries: dict[str, tuple[int, Seen, int]] = field(default_factory=dict)
-    # (first seen ms, request_id) in first-seen order: the expiry queue.
-    order: deque[tuple[int, str]] = field(default_factory=deque)
+    # request_id -> first seen ms << 3 | outcome (``_pack``).
+    entries: dict[str, int] = field(default_factory=dict)
+    # request_ids in first-seen order: the expiry queue (the time is the entry's).
+    order: deque[str] = field(default_factory=deque)
+    # request_id -> duplicates seen since its first sighting (only those with any).
+    duplicates: dict[str, int] = field(default_factory=dict)
 
     def get(self, request_id: str) -> tuple[int, Seen, int] | None:
-        return self.entries.get(request_id)
+        """(first seen ms, outcome, duplicates seen since), or None for a new request_id."""
+        packed = self.entries.get(request_id)
+        if packed is None:
+            return None
+        outcome = _OUTCOMES[packed & _OUTCOME_MASK]
+        return packed >> _OUTCOME_BITS, outcome, self.duplicates.get(request_id, 0)
 
     def add(self, request_id: str, first_seen_ms: int, outcome: Seen) -> None:
-        self.entries[request_id] = (first_seen_ms, outcome, 0)
-        self.order.append((first_seen_ms, request_id))
+        self.entries[request_id] = _pack(first_seen_ms, outcome)
+        self.order.append(request_id)
 
     def duplicate(self, request_id: str) -> int:
         """Count one more duplicate of a known request_id; the count so far."""
-        first, outcome, count = self.entries[request_id]
-        self.entries[request_id] = (first, outcome, count + 1)
-        return count + 1
+        count = self.duplicates.get(request_id, 0) + 1
+        self.duplicates[request_id] = count
+        return count
 
     def expire(self, now_ms: int, limit: int) -> list[str]:
         """Remove up to ``limit`` entries older than the horizon; their ids (to tombstone)."""
         cutoff = now_ms - self.horizon_ms
         gone: list[str] = []
-        while self.order and self.order[0][0] < cutoff and len(gone) < limit:
-            first_seen, request_id = self.order.popleft()
-            entry = self.entries.get(request_id)
-            if entry is not None and entry[0] == first_seen:
-                del self.entries[request_id]
+        order, entries = self.order, self.entries
+        while order and len(gone) < limit:
+            packed = entries.get(order[0])
+            if packed is not None and packed >> _OUTCOME_BITS >= cutoff:
+                break
+            request_id = order.popleft()
+            if packed is not None:
+                del entries[request_id]
+                self.duplicates.pop(request_id, None)
                 gone.append(request_id)
         return gone
 
@@ -97,8 +125,12 @@ class StoreRestore:
 
     Its own consumer (a separate handle: librdkafka handles are not to be shared with the loop's
     poll thread), read_committed to the end: a previous owner's open transaction is waited for,
-    so nothing it committed is missed.
+    so nothing it committed is missed. Read in batches of ``consume()``: 1 M entries took 14 s
+    one ``poll()`` at a time, see docs/BENCHMARKS.md for the figure now.
     """
+
+    # Bigger fetches than the lanes' consumers: the changelog is read start to end in bulk.
+    CONSUMER = {"max.partition.fetch.bytes": 8 * 1024 * 1024}
 
     def __init__(
         self,
@@ -140,24 +172,36 @@ class StoreRestore:
             self._done.set()
 
     def _load(self) -> None:
-        latest: dict[str, int] = {}
-        for msg in read_to_end(
-            self._settings, self._topic, partitions=[self.partition], timeout_s=self._timeout_s
-        ):
+        batches = read_batches_to_end(
+            self._settings,
+            self._topic,
+            partitions=[self.partition],
+            timeout_s=self._timeout_s,
+            config=self.CONSUMER,
+        )
+        self.store.entries = entries = load_entries(batches)
+        # The expiry queue in first-seen order (packed values sort by time first); entries
+        # already past the horizon expire (and are tombstoned) on the partition's first sweep.
+        self.store.order = deque(sorted(entries, key=entries.__getitem__))
+        self.loaded = len(entries)
+
+
+def load_entries(batches: Iterable[list[Any]]) -> dict[str, int]:
+    """The live entries of a changelog read in order (later records win, tombstones delete).
+
+    The per-message work is kept to a few calls: it is the whole cost of a restore."""
+    entries: dict[str, int] = {}
+    size, unpack, known, bits = _VALUE.size, _VALUE.unpack, _OUTCOMES, _OUTCOME_BITS
+    for batch in batches:
+        for msg in batch:
             key = msg.key()
             if key is None:
                 continue
             request_id = key.decode("utf-8", errors="replace")
             value = msg.value()
-            if value is None or len(value) != _VALUE.size:
-                latest.pop(request_id, None)  # a tombstone (or not ours): the entry is gone
+            if value is None or len(value) != size:
+                entries.pop(request_id, None)  # a tombstone (or not ours): the entry is gone
                 continue
-            first_seen, outcome = decode_entry(value)
-            latest[request_id] = first_seen
-            self.store.entries[request_id] = (first_seen, outcome, 0)
-        for request_id in set(self.store.entries) - set(latest):
-            del self.store.entries[request_id]
-        # The expiry queue in first-seen order; entries already past the horizon expire (and are
-        # tombstoned) on the partition's first sweep.
-        self.store.order = deque(sorted((t, rid) for rid, t in latest.items()))
-        self.loaded = len(self.store.entries)
+            first_seen, code = unpack(value)  # _pack, inlined
+            entries[request_id] = first_seen << bits | (code if code in known else Seen.ACCEPTED)
+    return entries

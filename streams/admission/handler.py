@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry.trace import SpanKind
+
+from connectors import tracing
 from connectors.control import CancellationWatch
 from connectors.dead_letters import ClaimCheck, build_dead_letter
 from connectors.eos.loop import EosLoop
@@ -83,6 +86,8 @@ class IngressMessage:
     request: GenerationRequest | None = None
     request_id: str | None = None
     retries: int = field(default=0)
+    # The "admission" span of this message's trace (tracing on), ended when committed.
+    span: Any = None
 
     @property
     def topic(self) -> str:
@@ -142,11 +147,15 @@ class AdmissionHandler:
         self.source = f"admission/{config.instance_id}"
         self.loop: EosLoop | None = None
         self.stores: dict[int, PartitionStore] = {}
-        self.buckets: dict[int, TokenBuckets] = {}
+        # One bucket per tenant for all the repartition partitions this instance owns, with
+        # their share of the tenant's quota (quotas.py: per-partition buckets held 1/N of the
+        # burst each, and a tenant at its quota spilled over it by chance).
+        self.buckets = TokenBuckets(self.policy, self.repartition_count)
         self._restores: dict[int, StoreRestore] = {}
         self._waiting: list[tuple[float, int, IngressMessage]] = []  # registry down: retry later
         self._seq = itertools.count()
         self._last_sweep = 0.0
+        self._tracing = tracing.enabled()
 
     def set_partitions(self, partitions: dict[str, int]) -> None:
         """Lane partition counts after a raise (the repartition count never changes)."""
@@ -184,7 +193,8 @@ class AdmissionHandler:
         for topic, partition in tps:
             if topic == self.topics.admission_repartition:
                 self.stores.pop(partition, None)
-                self.buckets.pop(partition, None)
+                if self.stores:
+                    self.buckets.shares = self.repartition_count / len(self.stores)
                 self._restores.pop(partition, None)
         gone = set(tps)
         self._waiting = [w for w in self._waiting if w[2].ref.tp not in gone]
@@ -193,11 +203,14 @@ class AdmissionHandler:
     def committed(self, completions: list[Completion]) -> None:
         now_ms = self.clock_ms()
         for completion in completions:
-            outcome, ingress_ms = completion.context or (None, None)
+            outcome, ingress_ms, span = completion.context or (None, None, None)
             if outcome is not None:
                 self.metrics.requests.labels(outcome=outcome).inc()
             if ingress_ms is not None:
                 self.metrics.hop_seconds.observe(max(0.0, (now_ms - ingress_ms) / 1000))
+            if span is not None:
+                span.set_attribute("outcome", outcome or "")
+                span.end()
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -241,7 +254,7 @@ class AdmissionHandler:
             )
             return False
         self.stores[partition] = restore.store
-        self.buckets[partition] = TokenBuckets(self.policy, self.repartition_count)
+        self.buckets.shares = self.repartition_count / len(self.stores)
         self.metrics.restore_seconds.observe(restore.seconds)
         log.info(
             "dedupe state restored",
@@ -264,6 +277,7 @@ class AdmissionHandler:
             return None  # registry unreachable: parked, retried by tick()
         if isinstance(request, Completion):
             return request
+        self._start_span(item, request)
         request_id = request.request_id
         partition = partition_for(request_id, self.repartition_count)
         owned = (self.topics.admission_repartition, partition)
@@ -271,11 +285,15 @@ class AdmissionHandler:
             # Already at its repartition partition, which is ours: admit in this same hop.
             records, outcome = self._admit(item, request, partition)
             return Completion(
-                item.ref, records, context=(outcome, item.timestamp_ms), touches=(owned,)
+                item.ref,
+                records,
+                context=(outcome, item.timestamp_ms, item.span),
+                touches=(owned,),
             )
         headers = [
             (INGRESS_HEADER, f"{item.topic}/{item.partition}/{item.offset}".encode()),
             (INGRESS_MS_HEADER, str(item.timestamp_ms).encode()),
+            *self._trace_headers(item),
         ]
         record = OutputRecord(
             self.topics.admission_repartition,
@@ -284,7 +302,20 @@ class AdmissionHandler:
             headers=headers,
             partition=partition,
         )
-        return Completion(item.ref, [record], context=("repartitioned", None))
+        return Completion(item.ref, [record], context=("repartitioned", None, item.span))
+
+    def _start_span(self, item: IngressMessage, request: GenerationRequest) -> None:
+        """The message's "admission" span (tracing on): in the trace its headers or its record
+        carry."""
+        if self._tracing:
+            parent = tracing.extract(item.headers, request.trace_context)
+            item.span = tracing.start(
+                "admission", parent, kind=SpanKind.CONSUMER, request_id=request.request_id,
+                topic=item.topic, partition=item.partition, offset=item.offset,
+            )  # fmt: skip
+
+    def _trace_headers(self, item: IngressMessage) -> list[tuple[str, bytes]]:
+        return tracing.headers_of(tracing.inject(item.span)) if item.span is not None else []
 
     def _owns(self, partition: int) -> bool:
         assert self.loop is not None
@@ -341,14 +372,15 @@ class AdmissionHandler:
         key = item.request_id or f"{item.topic}/{item.partition}/{item.offset}"
 
         def minimal() -> list[OutputRecord]:
-            small = build_dead_letter(item, code, message, minimal=True)
+            refused = f"the broker refused the full dead letter; {message}"
+            small = build_dead_letter(item, code, refused, minimal=True)
             return [self._letter_record(small, key)]
 
         return Completion(
             item.ref,
             [self._letter_record(letter, key)],
             fallback=minimal,
-            context=("dead_letter", None),
+            context=("dead_letter", None, None),
         )
 
     def _letter_record(self, letter: DeadLetter, key: str) -> OutputRecord:
@@ -364,10 +396,11 @@ class AdmissionHandler:
             return None
         if isinstance(request, Completion):
             return request  # only admission writes this topic: a bug, or someone else did
+        self._start_span(item, request)
         origin = _ingress_of(item)
         records, outcome = self._admit(item, request, item.partition, origin)
         ingress_ms = _int_header(item.headers, INGRESS_MS_HEADER)
-        return Completion(item.ref, records, context=(outcome, ingress_ms))
+        return Completion(item.ref, records, context=(outcome, ingress_ms, item.span))
 
     def _admit(
         self,
@@ -405,7 +438,10 @@ class AdmissionHandler:
                     topic,
                     item.value,
                     key=request_id.encode(),
-                    headers=[(ADMITTED_MS_HEADER, str(now_ms).encode())],
+                    headers=[
+                        (ADMITTED_MS_HEADER, str(now_ms).encode()),
+                        *self._trace_headers(item),
+                    ],
                     partition=partition_for(request_id, self.partitions[topic]),
                 )
             )
@@ -435,7 +471,7 @@ class AdmissionHandler:
             return Seen.CANCELLED, None, ResultError(code="CANCELLED", message=message)
         lane = "interactive" if request.lane is Lane.INTERACTIVE else "batch"
         cost = self.policy.cost(request.params)
-        if self.buckets[partition].admit(request.tenant_id, cost):
+        if self.buckets.admit(request.tenant_id, cost):
             return Seen.ACCEPTED, lane, None
         if self.policy.of(request.tenant_id).over_quota == "reject":
             message = f"tenant {request.tenant_id} is over its GPU-second quota"

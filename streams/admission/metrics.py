@@ -59,6 +59,11 @@ class AdmissionMetrics:
         self.redelivered_done = Counter(
             "f2p_admission_redelivered_done", "Redelivered messages already done", registry=r
         )
+        self.fetch_restarts = Counter(
+            "f2p_admission_fetch_restarts",
+            "Partitions assigned again because the consumer never started fetching them",
+            registry=r,
+        )
 
     # -- connectors.eos.loop.LoopMetrics -------------------------------------------------------
 
@@ -75,3 +80,6 @@ class AdmissionMetrics:
 
     def redelivered(self, count: int) -> None:
         self.redelivered_done.inc(count)
+
+    def fetch_restarted(self) -> None:
+        self.fetch_restarts.inc()

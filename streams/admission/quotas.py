@@ -9,10 +9,16 @@ policy it goes to the over-quota lane, which workers serve with leftover capacit
 weight (work-conserving: never starved, never ahead of tenants within their quota), or it is
 REJECTED with QUOTA_EXCEEDED.
 
-Admission instances split the work by repartition partition, so every partition holds its own
-bucket per tenant with 1/N of the rate and burst (N = repartition partitions). A tenant's
-request_ids are uuids, spread evenly over the partitions, so the sum behaves like one bucket; a
-reassigned partition starts with a full bucket (quotas are not exactly-once state).
+Admission instances split the work by repartition partition; every instance holds one bucket
+per tenant for all the partitions it owns, with owned/N of the rate and burst (N = repartition
+partitions; ``TokenBuckets.shares`` = N/owned). A tenant's request_ids are uuids, spread evenly
+over the partitions, so the instances' buckets add up to the tenant's quota. One bucket per
+*partition* would add up the same on average, but each would hold 1/N of the burst: a tenant
+sending at its quota with Poisson arrivals spilled over it by chance (30 s of burst, 80 s at
+its quota: 0.03 % of its requests at 8 partitions, 8 % at 64; one bucket: none; simulated in
+docs/BENCHMARKS.md), and a spilled request waits behind any flood in the over-quota lane.
+After a rebalance the buckets keep their tokens under the new share (quotas are not
+exactly-once state).
 """
 
 from __future__ import annotations
@@ -106,14 +112,19 @@ def _quota(path: Path, where: str, body: dict, fallback: TenantQuota | None) -> 
 
 
 def _number(path: Path, where: str, value: object) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0 or value > 1e9:  # type: ignore[arg-type]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= 1e9
+    ):
         raise ConfigError(f"{path}: {where} must be a positive number, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 class TokenBuckets:
-    """Per-tenant buckets of one repartition partition (1/``shares`` of each tenant's quota)."""
+    """Per-tenant buckets of one instance's repartition partitions (1/``shares`` of each tenant's
+    quota; the owner sets ``shares`` = all partitions / owned ones on every rebalance)."""
 
     # Buckets of tenants not seen for this long are forgotten (memory bounded by live tenants).
     IDLE_S = 3600.0
@@ -121,7 +132,7 @@ class TokenBuckets:
     def __init__(
         self,
         policy: QuotaPolicy,
-        shares: int,
+        shares: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy

@@ -56,7 +56,7 @@ class Admission:
         *,
         policy: QuotaPolicy | None = None,
         codec: AvroCodec | None = None,
-        create_consumer: Callable[[KafkaTimeouts], Any] | None = None,
+        create_consumer: Callable[[KafkaTimeouts, dict[str, Any]], Any] | None = None,
         create_producer: Callable[[KafkaTimeouts], Any] | None = None,
     ) -> None:
         from pathlib import Path
@@ -132,7 +132,7 @@ class Admission:
         )
         self.loop = EosLoop(
             topics=[*self.ingress, self.topics.admission_repartition],
-            create_consumer=lambda: self._create_consumer(timeouts),
+            create_consumer=lambda loop_config: self._create_consumer(timeouts, loop_config),
             producer=producer,
             handler=self.handler,
             config=LoopConfig(
@@ -211,9 +211,10 @@ class Admission:
         health.start()
         return health
 
-    def _real_consumer(self, timeouts: KafkaTimeouts) -> Any:
+    def _real_consumer(self, timeouts: KafkaTimeouts, loop_config: dict[str, Any]) -> Any:
         c = self.config
         extra: dict[str, Any] = {
+            **loop_config,
             "session.timeout.ms": timeouts.session_timeout_ms,
             "heartbeat.interval.ms": timeouts.heartbeat_interval_ms,
             "max.poll.interval.ms": 300_000,

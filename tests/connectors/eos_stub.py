@@ -11,6 +11,7 @@ loop's logic, deterministically and in milliseconds.
 from __future__ import annotations
 
 import itertools
+import json
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,6 +123,16 @@ class StubConsumer:
         self._rebalances: deque[tuple[str, list[TP]]] = deque()
         self.closed = False
         self.seeks: list[tuple[TP, int]] = []
+        # Partitions whose OffsetFetch librdkafka loses (issue #5586): assigned without an
+        # offset, they are never fetched, and a seek on them fails with _STATE.
+        self.offset_fetch_lost: set[TP] = set()
+        self.not_fetching: set[TP] = set()
+        self.stats_cb: Callable[[str], None] | None = None
+
+    def configure(self, config: dict[str, Any]) -> StubConsumer:
+        """Take the settings the loop asks for (its statistics callback)."""
+        self.stats_cb = config.get("stats_cb")
+        return self
 
     # -- test controls --
     def assign(self, tps: list[TP]) -> None:
@@ -146,6 +157,12 @@ class StubConsumer:
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self.assigned.append(key)
+            if tp.offset >= 0:  # an explicit offset: no OffsetFetch
+                self.positions[key] = tp.offset
+                continue
+            if key in self.offset_fetch_lost:
+                self.not_fetching.add(key)
+                continue
             committed = self.broker.committed.get((self.group_id, key))
             self.positions[key] = committed[0] if committed else 0
 
@@ -155,6 +172,7 @@ class StubConsumer:
             if key in self.assigned:
                 self.assigned.remove(key)
             self.positions.pop(key, None)
+            self.not_fetching.discard(key)
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self.assigned]
@@ -168,6 +186,8 @@ class StubConsumer:
     def seek(self, tp: TopicPartition) -> None:
         self.broker.maybe_fail("seek")
         key = (tp.topic, tp.partition)
+        if key in self.not_fetching:
+            raise kafka_exception(KafkaError._STATE)
         self.positions[key] = tp.offset
         self.seeks.append((key, tp.offset))
 
@@ -201,7 +221,7 @@ class StubConsumer:
 
     def _next(self) -> StubMessage | None:
         for key in self.assigned:
-            if key in self.paused:
+            if key in self.paused or key in self.not_fetching:
                 continue
             log = self.broker.logs[key]
             position = self.positions.get(key, 0)
@@ -215,7 +235,17 @@ class StubConsumer:
 
     def poll(self, timeout: float = -1) -> StubMessage | None:
         self._run_rebalances()
+        if self.stats_cb is not None:
+            self.stats_cb(json.dumps({"topics": self._stats_topics()}))
         return self._next()
+
+    def _stats_topics(self) -> dict[str, Any]:
+        topics: dict[str, Any] = {}
+        for topic, partition in self.assigned:
+            state = "none" if (topic, partition) in self.not_fetching else "active"
+            partitions = topics.setdefault(topic, {"partitions": {"-1": {"fetch_state": "none"}}})
+            partitions["partitions"][str(partition)] = {"fetch_state": state}
+        return topics
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[StubMessage]:
         out = []

@@ -7,6 +7,7 @@ output exactly once, whatever failed in between.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -88,17 +89,18 @@ class Clock:
 
 
 def make_loop(
-    broker: StubBroker, handler: EchoHandler, **config: Any
+    broker: StubBroker, handler: EchoHandler, clock: Clock | None = None, **config: Any
 ) -> tuple[EosLoop, StubConsumer]:
     consumer = StubConsumer(broker, "group")
     producer = TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1")
     config.setdefault("commit_interval_ms", 0)
     loop = EosLoop(
         topics=[IN],
-        create_consumer=lambda: consumer,
+        create_consumer=consumer.configure,
         producer=producer,
         handler=handler,
         config=LoopConfig(**config),
+        clock=clock or time.monotonic,
     )
     handler.loop = loop
     loop.start()
@@ -303,6 +305,43 @@ def test_the_window_cap_pauses_a_partition_behind_a_stuck_message() -> None:
     assert offset == 0 and len(decode_done(0, metadata)) == len(handler.handled) - 1
 
 
+def test_a_partition_librdkafka_never_starts_fetching_is_assigned_again_at_its_offset() -> None:
+    """librdkafka #5586: a lost OffsetFetch leaves an assigned partition unfetched for good."""
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a", b"b"])
+    fill(broker, 1, [b"c"])
+    clock = Clock()
+    loop, consumer = make_loop(broker, handler, clock, fetch_start_timeout_s=10)
+    broker.committed[("group", (IN, 0))] = (1, None)  # "a" was done by an earlier owner
+    consumer.offset_fetch_lost = {(IN, 0)}
+    consumer.assign([(IN, 0), (IN, 1)])
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"c": 1})
+    for _ in range(9):  # not yet: the fetch may still start
+        clock.now += 1
+        run_turns(loop, 2)
+    assert outputs(broker) == Counter({b"c": 1}) and (IN, 0) in consumer.not_fetching
+    for _ in range(3):
+        clock.now += 1
+        run_turns(loop, 5)
+    assert outputs(broker) == Counter({b"b": 1, b"c": 1})  # from the restored offset, not 0
+    assert broker.committed[("group", (IN, 0))][0] == 2
+    assert (IN, 0) in consumer.assigned and not consumer.not_fetching
+
+
+def test_a_rewind_of_a_partition_that_is_not_fetched_starts_it_at_the_commit_point() -> None:
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a"])
+    loop, consumer = make_loop(broker, handler)
+    consumer.offset_fetch_lost = {(IN, 0)}
+    consumer.assign([(IN, 0)])
+    run_turns(loop)
+    loop.rewind("aborted")  # as after aborted transactions: the seek finds no fetch to move
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"a": 1})
+    assert broker.committed[("group", (IN, 0))][0] == 1
+
+
 def test_health_fails_when_waiting_work_makes_no_progress() -> None:
     broker, handler = StubBroker(), EchoHandler()
     fill(broker, 0, [b"stuck"])
@@ -311,7 +350,7 @@ def test_health_fails_when_waiting_work_makes_no_progress() -> None:
     consumer = StubConsumer(broker, "group")
     loop = EosLoop(
         topics=[IN],
-        create_consumer=lambda: consumer,
+        create_consumer=lambda loop_config: consumer,
         producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t"),
         handler=handler,
         config=LoopConfig(stall_timeout_s=60, commit_interval_ms=0),
@@ -365,7 +404,7 @@ def test_commits_space_out_with_the_backlog_and_not_when_idle() -> None:
     consumer = StubConsumer(broker, "group")
     loop = EosLoop(
         topics=[IN],
-        create_consumer=lambda: consumer,
+        create_consumer=consumer.configure,
         producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1"),
         handler=handler,
         config=LoopConfig(max_in_flight=10, commit_interval_ms=5, max_commit_interval_ms=50),
@@ -408,7 +447,7 @@ def test_side_records_wait_for_a_completion_to_carry_them() -> None:
     consumer = StubConsumer(broker, "group")
     loop = EosLoop(
         topics=[IN],
-        create_consumer=lambda: consumer,
+        create_consumer=consumer.configure,
         producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1"),
         handler=handler,
         config=LoopConfig(commit_interval_ms=0, side_record_delay_ms=100),
@@ -445,3 +484,32 @@ def test_a_polled_backlog_is_handed_on_round_robin_over_partitions() -> None:
     run_turns(loop, 5)
     assert handler.handled == [b"a1", b"b1", b"a2", b"b2", b"a3"]
     assert outputs(broker) == Counter(dict.fromkeys(handler.handled, 1))
+
+
+def test_a_low_lanes_backlog_stays_within_its_cap_and_leaves_the_other_lanes_fetching() -> None:
+    """One consume() returns any topic's messages: it may take no more than the room of the
+    tightest capped topic, or a low lane's backlog overshoots its cap up to the global bound,
+    which pauses every lane (the fairness bench measured seconds of stall for the lane above)."""
+    broker, handler = StubBroker(), EchoHandler()
+    low = [f"low{i}".encode() for i in range(100)]
+    high = [f"high{i}".encode() for i in range(10)]
+    for v in low:
+        broker.append("low", 0, v, key=v)
+    for v in high:
+        broker.append(IN, 0, v, key=v)
+    handler.hold = set(low) | set(high)  # nothing completes: in-flight only grows
+    consumer = StubConsumer(broker, "group")
+    loop = EosLoop(
+        topics=["low", IN],
+        create_consumer=consumer.configure,
+        producer=TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1"),
+        handler=handler,
+        config=LoopConfig(max_in_flight=16, topic_in_flight={"low": 2}, commit_interval_ms=0),
+    )
+    handler.loop = loop
+    loop.start()
+    consumer.assign([("low", 0), (IN, 0)])  # the stub serves the first partition first
+    run_turns(loop, 20)
+    assert sum(v.startswith(b"low") for v in handler.handled) <= 2 + 1  # cap + one poll
+    assert [v for v in handler.handled if v.startswith(b"high")] == high
+    assert ("low", 0) in consumer.paused and (IN, 0) not in consumer.paused

@@ -18,11 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.kafka import make_consumer, make_producer
 from connectors.settings import Settings
 from connectors.topic_reader import read_to_end
+from f2p_errors import F2PError
 from infra.stack.config import load_stack_config
 from infra.stack.exceptions import PortInUse
 from infra.stack.launcher import COMPONENTS, stack_up
@@ -375,6 +376,13 @@ def group_caught_up(settings: Settings, group_id: str, topics: Iterable[str] | N
     """True when the group's committed offset is at the high watermark of every partition of
     ``topics`` (default: the workers' lanes and the retry topic): lag 0, nothing left. (The
     loop commits past trailing transaction markers, so lag really reaches 0.)"""
+    return not group_lag(settings, group_id, topics)
+
+
+def group_lag(
+    settings: Settings, group_id: str, topics: Iterable[str] | None = None
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Partitions whose committed offset is short of the high watermark: (committed, high)."""
     t = settings.topics
     topics = list(topics or [*t.worker_lanes.values(), t.retry])
     consumer = make_consumer(settings, group_id)  # never subscribes: joins nothing
@@ -387,9 +395,13 @@ def group_caught_up(settings: Settings, group_id: str, topics: Iterable[str] | N
                 if high > 0:
                     ends[(topic, p)] = high
         if not ends:
-            return True
+            return {}
         committed = consumer.committed([TopicPartition(*tp) for tp in ends], timeout=10)
-        return all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in committed)
+        return {
+            (tp.topic, tp.partition): (tp.offset, ends[(tp.topic, tp.partition)])
+            for tp in committed
+            if tp.offset < ends[(tp.topic, tp.partition)]
+        }
     finally:
         consumer.close()
 
@@ -444,3 +456,51 @@ def wait_until(
         if time.monotonic() - started > timeout_s:
             return False, time.monotonic() - started
         time.sleep(interval_s)
+
+
+def finish(
+    fleet: WorkerFleet,
+    settings,
+    codec,
+    expected: set[str],
+    group_id: str,
+    timeout_s: float,
+    worker_ids: list[str],
+    *,
+    admission_group: str | None = None,
+) -> float:
+    """Wait for every result and an empty backlog (workers' and admission's lag 0), check that
+    none of ``worker_ids`` died on its own, then stop them gracefully (SIGTERM: drain, commit,
+    exit 0)."""
+    t = settings.topics
+    admission_topics = [*t.request_lanes, t.admission_repartition]
+
+    def done() -> bool:
+        try:
+            return (
+                expected <= {r.request_id for r in scan_results(settings, codec)}
+                and group_caught_up(settings, group_id)
+                and (
+                    admission_group is None
+                    or group_caught_up(settings, admission_group, admission_topics)
+                )
+            )
+        except (KafkaException, F2PError):  # a broker just restarted may still elect leaders
+            return False
+
+    met, waited = wait_until(done, timeout_s, interval_s=1.0)
+    if not met:
+        seen = {r.request_id for r in scan_results(settings, codec)}
+        lag = {
+            "workers": group_lag(settings, group_id),
+            "admission": admission_group and group_lag(settings, admission_group, admission_topics),
+        }
+        raise AssertionError(
+            f"not all results within {timeout_s} s: {len(expected - seen)} of {len(expected)} "
+            f"missing; lagging (committed, end): {lag}\n{fleet.log_tail()}"
+        )
+    died = [w for w in worker_ids if not fleet.workers[w].alive()]
+    assert not died, f"workers died on their own: {died}\n{fleet.log_tail()}"
+    codes = fleet.stop_all()
+    assert all(code == 0 for code in codes.values()), f"{codes}\n{fleet.log_tail()}"
+    return waited

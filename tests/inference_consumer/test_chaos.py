@@ -22,20 +22,19 @@ from chaos_support import (
     component_pid,
     ensure_stack_up,
     exactly_once_report,
-    group_caught_up,
+    finish,
     kill_component,
     publish_all,
     scan_results,
     schedule_with_duplicates,
     wait_until,
 )
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 
 from connectors.claim_check import face_ref
 from connectors.kafka import make_consumer, make_transactional_producer
 from connectors.partitioner import partition_for
 from connectors.s3 import make_s3_client
-from f2p_errors import F2PError
 from infra.stack.config import load_stack_config
 from infra.stack.launcher import stack_up
 from schemas.images import make_sample_face
@@ -69,45 +68,6 @@ def small_request(face=FACE, *, lane: Lane = Lane.BATCH, tenant: str = "acme") -
 
 def result_count(settings, codec) -> int:
     return len({r.request_id for r in scan_results(settings, codec)})
-
-
-def finish(
-    fleet: WorkerFleet,
-    settings,
-    codec,
-    expected: set[str],
-    group_id: str,
-    timeout_s: float,
-    worker_ids: list[str],
-    *,
-    admission_group: str | None = None,
-) -> float:
-    """Wait for every result and an empty backlog (workers' and admission's lag 0), check that
-    none of ``worker_ids`` died on its own, then stop them gracefully (SIGTERM: drain, commit,
-    exit 0)."""
-    t = settings.topics
-    admission_topics = [*t.request_lanes, t.admission_repartition]
-
-    def done() -> bool:
-        try:
-            return (
-                expected <= {r.request_id for r in scan_results(settings, codec)}
-                and group_caught_up(settings, group_id)
-                and (
-                    admission_group is None
-                    or group_caught_up(settings, admission_group, admission_topics)
-                )
-            )
-        except (KafkaException, F2PError):  # a broker just restarted may still elect leaders
-            return False
-
-    met, waited = wait_until(done, timeout_s, interval_s=1.0)
-    assert met, f"not all results within {timeout_s} s\n{fleet.log_tail()}"
-    died = [w for w in worker_ids if not fleet.workers[w].alive()]
-    assert not died, f"workers died on their own: {died}\n{fleet.log_tail()}"
-    codes = fleet.stop_all()
-    assert all(code == 0 for code in codes.values()), f"{codes}\n{fleet.log_tail()}"
-    return waited
 
 
 def assert_exactly_once(settings, codec, expected: set[str], fleet: WorkerFleet):

@@ -108,6 +108,31 @@ def test_drain_bound_covers_the_in_flight_batches() -> None:
     assert plan.termination_grace_s > plan.shutdown_timeout_s > plan.drain_bound_s
 
 
+@pytest.mark.parametrize("max_batch", [1, 4, 8])
+def test_default_in_flight_gives_every_lane_two_batches_and_interactive_room(max_batch) -> None:
+    """Against the worker's own caps (``Worker._loop_config``): at the plan's max_in_flight a
+    lane alone holds two batches, and the other lanes' backlog leaves two for interactive."""
+    from connectors.settings import Settings
+    from inference_consumer.config import WorkerConfig
+    from inference_consumer.engines.sim import SimEngine
+    from inference_consumer.worker import Worker
+
+    in_flight = plan_capacity(100, "fast", requests=2_000, max_batch=max_batch).max_in_flight
+    settings = Settings("127.0.0.1:1", "http://127.0.0.1:1", None, None, None)
+    worker = Worker(
+        settings,
+        WorkerConfig(worker_id="plan", max_in_flight=in_flight),
+        SimEngine(max_batch_size=max_batch),
+        codec=object(),  # type: ignore[arg-type]
+        s3=object(),
+    )
+    caps = worker._loop_config().topic_in_flight
+    lanes = settings.topics
+    assert min(caps.values()) >= 2 * max_batch, caps
+    lower = caps[lanes.lanes_batch] + caps[lanes.lanes_overquota]
+    assert in_flight - lower >= 2 * max_batch, (in_flight, caps)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

@@ -1,6 +1,6 @@
 """Grafana dashboards as code: the committed JSON is current, and every panel's query returns
-data from a real Prometheus after a short demo-like run (sim workers, analytics, the lag
-exporter; admission too once `f2p streams admission` exists)."""
+data from a real Prometheus after a short demo-like run: requests through the ingress topics,
+admission, two sim workers, analytics and the lag exporter, each process on its own group."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from infra.monitoring.render import DASHBOARD_DIR, stale_files
 from infra.topics import apply_topics, delete_topics, load_topic_specs
 from schemas.codec import AvroCodec
 from schemas.images import make_sample_face
-from schemas.records import GenerationRequest, InlineImage, Lane
+from schemas.records import FaceImageRef, GenerationRequest, InlineImage, Lane
 
 FACE = InlineImage(content_type="image/png", data=make_sample_face(96, seed=3))
 TENANTS = ("acme", "globex", "initech")
@@ -49,16 +49,14 @@ def test_dashboards_cover_the_fleet_and_the_tenants() -> None:
         "f2p_worker_redelivered_done_total",  # redeliveries skipped
         "f2p_worker_producers_created_total",  # producer replacements
         "f2p_worker_engine_recompiles",  # torch.compile after warm-up
+        "f2p_admission_requests_total",  # admission outcomes
+        "f2p_admission_hop_seconds_bucket",  # ingress -> lane
+        "f2p_admission_errors_total",  # admission's dead letters by reason
+        "f2p_admission_consumer_lag",  # admission backlog
     ):
         assert series in exprs, series
     tenants = json.loads((DASHBOARD_DIR / "f2p-tenants.json").read_text())
     assert all("f2p_analytics_tenant" in e for _, e in panel_queries(tenants)[:-1])
-
-
-def _admission_available() -> bool:
-    from streams.cli import streams_cmd
-
-    return "admission" in streams_cmd.commands
 
 
 def _substitute(expr: str, group: str) -> str:
@@ -72,16 +70,20 @@ def _substitute(expr: str, group: str) -> str:
 
 
 def _publish(settings: Settings, codec: AvroCodec) -> set[str]:
-    """Good requests of three tenants on both lanes, two out of range (FAILED), two
-    undecodable records (dead letters); returns the request ids that must get a result."""
+    """To the ingress topics, as upstream systems do: good requests of three tenants on both
+    lanes (admission admits them), two out of range (admission: REJECTED), two whose face
+    object does not exist (admitted; the worker fails them: FACE_NOT_FOUND), two undecodable
+    records (admission's dead letters); returns the request ids that must get a result."""
     producer = make_producer(settings)
     t = settings.topics
     expected = set()
     for n in range(36):
         lane = Lane.INTERACTIVE if n % 2 else Lane.BATCH
         steps = 500 if n in (5, 6) else 8  # 500 > max_steps: PARAM_OUT_OF_RANGE
+        tenant = TENANTS[n % 3]
+        face = _missing_face(settings, tenant) if n in (7, 8) else FACE
         request = GenerationRequest.new(
-            TENANTS[n % 3], "studio portrait", FACE, width=256, height=256, steps=steps,
+            tenant, "studio portrait", face, width=256, height=256, steps=steps,
             true_cfg_scale=1.0, lane=lane,
         )  # fmt: skip
         topic = t.requests_interactive if lane is Lane.INTERACTIVE else t.requests_batch
@@ -94,6 +96,17 @@ def _publish(settings: Settings, codec: AvroCodec) -> set[str]:
         producer.produce(t.requests_batch, key=b"poison", value=b"\x00\x00\x00\x00\x63garbage")
     assert producer.flush(30) == 0
     return expected
+
+
+def _missing_face(settings: Settings, tenant: str) -> FaceImageRef:
+    """A well-formed reference (admission checks form, not existence) to no object."""
+    return FaceImageRef(
+        bucket=settings.inputs_bucket,
+        key=f"tenants/{tenant}/faces/missing-{uuid.uuid4().hex}.png",
+        sha256="0" * 64,
+        content_type="image/png",
+        size_bytes=1000,
+    )
 
 
 @pytest.mark.integration
@@ -131,20 +144,25 @@ def test_every_panel_query_returns_data_after_a_demo_run(
                 )
             )  # fmt: skip
             mon.register("analytics", "f2p-analytics", port)
-            if _admission_available():
-                port = free_port()
-                processes.append(
-                    F2PProcess(
-                        ["streams", "admission", "--metrics-port", str(port)],
-                        env,
-                        tmp_path / "admission.log",
-                    )
+            # Its own group and transactional id per run: runs never fence each other.
+            port = free_port()
+            processes.append(
+                F2PProcess(
+                    ["streams", "admission", "--instance-id", f"{group}-admission",
+                     "--group", f"{group}-admission", "--metrics-port", str(port)],
+                    env,
+                    tmp_path / "admission.log",
                 )
-                mon.register("admission", "f2p-admission", port)
+            )  # fmt: skip
+            mon.register("admission", "f2p-admission", port)
             wait_for(
-                lambda: mon.targets_up("f2p-worker") == 2 and mon.targets_up("f2p-analytics"),
+                lambda: (
+                    mon.targets_up("f2p-worker") == 2
+                    and mon.targets_up("f2p-analytics")
+                    and mon.targets_up("f2p-admission")
+                ),
                 120,
-                "workers and analytics to answer scrapes",
+                "workers, analytics and admission to answer scrapes",
             )
             expected = _publish(settings, codec)
             wait_for(lambda: _results(settings, codec) >= expected, 120, "every result")
@@ -174,13 +192,10 @@ def _results(settings: Settings, codec: AvroCodec) -> set[str]:
 
 def _empty_panels(mon: Monitoring, group: str) -> list[str]:
     """'dashboard / panel: expr' of every query with no series or only NaN values."""
-    admission = _admission_available()
     empty = []
     for name in DASHBOARDS:
         data = json.loads((DASHBOARD_DIR / f"{name}.json").read_text())
         for title, expr in panel_queries(data):
-            if "f2p_admission_" in expr and not admission:
-                continue  # checked once `f2p streams admission` exists (issue 8)
             result = mon.query(_substitute(expr, group))
             values = [float(r["value"][1]) for r in result]
             if not values or all(math.isnan(v) for v in values):

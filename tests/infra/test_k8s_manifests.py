@@ -139,11 +139,11 @@ def test_production_numbers_are_the_capacity_models() -> None:
 
 
 def _worker_lanes(profile: str | None) -> dict[str, int]:
-    """Partitions of the topics workers serve: the internal lanes once they exist (issue 8),
-    today the request topics."""
+    """Partitions of the internal lanes, the topics the workers serve."""
     specs = load_topic_specs(profile=profile)
     lanes = {s.name: s.partitions for s in specs if s.name.startswith("f2p.lanes.")}
-    return lanes or {s.name: s.partitions for s in specs if s.name.startswith("f2p.requests.")}
+    assert lanes, "no f2p.lanes.* topics in infra/topics.toml"
+    return lanes
 
 
 def _check_max_replicas(overlay: str, profile: str | None) -> None:
@@ -159,19 +159,61 @@ def test_dev_max_replicas_do_not_exceed_partitions() -> None:
     _check_max_replicas("dev", None)
 
 
-@pytest.mark.xfail(
-    min(_worker_lanes("production").values()) < 256,
-    reason="the production profile does not provision 256 partitions per lane yet (issue 8)",
-    strict=True,
-)
 def test_production_max_replicas_do_not_exceed_partitions() -> None:
     _check_max_replicas("production", "production")
 
 
+def test_worker_variables_parse_with_the_real_config(rendered, monkeypatch) -> None:
+    """Every literal F2P_WORKER_* value of the StatefulSet is one WorkerConfig accepts."""
+    overlay, resources = rendered
+    worker = container(find(resources, "StatefulSet", "f2p-worker"), "worker")
+    literal = {k: v for k, v in env(worker).items() if k.startswith("F2P_WORKER_")}
+    for name in [f"F2P_WORKER_{f.name.upper()}" for f in dataclasses.fields(WorkerConfig)]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in literal.items():
+        assert isinstance(value, str), f"{overlay}: {name} is not a literal"
+        monkeypatch.setenv(name, value)
+    config = WorkerConfig.from_env(worker_id="f2p-worker-0")
+    assert config.group_protocol == "consumer"  # the range assignor: every lane spread evenly
+    assert config.max_in_flight == int(literal["F2P_WORKER_MAX_IN_FLIGHT"])
+    assert config.session_timeout_ms is None  # chosen by the cluster's size at start-up
+
+
+def test_admission_args_and_variables_parse_with_the_real_cli(rendered, monkeypatch) -> None:
+    """The Deployment's args are flags `f2p streams admission` takes, and its config (flags,
+    then F2P_ADMISSION_*) validates: a unique instance id per pod, metrics for probes."""
+    from streams.admission.config import AdmissionConfig
+    from streams.cli import streams_cmd
+
+    _, resources = rendered
+    admission = container(find(resources, "Deployment", "f2p-admission"), "admission")
+    variables = env(admission)
+    assert variables["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    args = [a.replace("$(POD_NAME)", "f2p-admission-5c9d7-x2vq4") for a in admission["args"]]
+    assert args[:2] == ["streams", "admission"], args
+    for name in [f"F2P_ADMISSION_{f.name.upper()}" for f in dataclasses.fields(AdmissionConfig)]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        if name.startswith("F2P_ADMISSION_"):
+            monkeypatch.setenv(name, value)
+    params = streams_cmd.commands["admission"].make_context("admission", args[2:]).params
+    config = AdmissionConfig.from_env(**params)
+    assert config.instance_id == "f2p-admission-5c9d7-x2vq4"
+    assert config.metrics_host == "0.0.0.0"
+    assert admission["ports"][0]["containerPort"] == config.metrics_port
+    assert admission["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert admission["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    grace = find(resources, "Deployment", "f2p-admission")["spec"]["template"]["spec"]
+    assert grace["terminationGracePeriodSeconds"] > config.shutdown_timeout_s
+
+
 def _known_variables() -> set[str]:
+    from streams.admission.config import AdmissionConfig
+
     settings = (REPO / "connectors" / "settings.py").read_text()
     known = set(re.findall(r'"(F2P_[A-Z0-9_]+)"', settings))
     known |= {f"F2P_WORKER_{f.name.upper()}" for f in dataclasses.fields(WorkerConfig)}
+    known |= {f"F2P_ADMISSION_{f.name.upper()}" for f in dataclasses.fields(AdmissionConfig)}
     known |= set(RETRY_VARIABLES.values())
     try:  # the engine settings moved to engines/config.py on main (issue 9)
         from inference_consumer.engines.config import _ENV  # type: ignore[attr-defined]

@@ -206,3 +206,36 @@ def test_the_dedupe_state_survives_a_restart_and_is_tombstoned_past_its_horizon(
     assert len(last) == len(first)
     assert all(value is None for value in last.values())  # every entry ends in a tombstone
     assert all(decode_entry(m.value())[0] > 0 for m in changelog if m.value() is not None)
+
+
+def test_cancel_and_status_from_the_command_line(pipeline, codec, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from connectors.lifecycle_cli import cancel_cmd, status_cmd
+
+    monkeypatch.setenv("F2P_TOPIC_SUFFIX", pipeline.topics.results.removeprefix("f2p.results.v1"))
+    runner = CliRunner()
+    done = sample_request()
+    with running_admission(pipeline), running_worker(pipeline, CountingSimEngine()):
+        publish_as(pipeline, codec, [done])
+        wait_for_results(pipeline, codec, {done.request_id})
+        publish_as(pipeline, codec, [done], key="none")  # a duplicate
+        out = wait_until(
+            lambda: (
+                (r := runner.invoke(status_cmd, [done.request_id])).exit_code == 0
+                and "DUPLICATE" in r.output
+                and r.output
+            ),
+            30,
+            "the status with the duplicate",
+            step_s=0.5,
+        )
+    lines = out.splitlines()
+    states = [line.split()[1] for line in lines if not line.startswith("result:")]
+    assert states[:3] == ["ACCEPTED", "RUNNING", "OK"], out
+    assert "DUPLICATE" in states
+    assert lines[-1].startswith("result: OK by worker") or "result: OK" in out
+    refused = runner.invoke(cancel_cmd, ["not-a-uuid"])
+    assert refused.exit_code != 0 and "request_id" in str(refused.exception or refused.output)
+    sent = runner.invoke(cancel_cmd, [sample_request().request_id, "--reason", "test"])
+    assert sent.exit_code == 0, sent.output
