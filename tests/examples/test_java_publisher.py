@@ -52,8 +52,8 @@ def _f2p(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Co
 
 @pytest.fixture
 def private_pipeline(stack_settings, admin, unique_name, tmp_path) -> Iterator[tuple[str, Path]]:
-    """`f2p topics apply` on a private topic set, a sim worker on it, and the stack status file
-    the example reads; everything removed afterwards. Yields (topic suffix, status file)."""
+    """`f2p topics apply` on a private topic set, admission and a sim worker on it, and the stack
+    status file the example reads; everything removed afterwards. Yields (suffix, status file)."""
     suffix = "." + unique_name("java")
     env = {**os.environ, "F2P_TOPIC_SUFFIX": suffix}
     applied = _f2p("topics", "apply", "--suffix", suffix, env=env)
@@ -62,27 +62,38 @@ def private_pipeline(stack_settings, admin, unique_name, tmp_path) -> Iterator[t
     status_file = tmp_path / "stack.json"
     status_file.write_text(status.stdout)
 
-    worker_log = (tmp_path / "worker.log").open("w")
+    # The example publishes to the ingress topics; admission forwards to the internal lanes the
+    # worker serves. Both have their own group (and transactional id) per run.
     worker_id = unique_name("java-worker")
-    worker = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "f2p_cli", "worker", "--engine", "sim"),
-            *("--sim-time-scale", "0", "--group", f"g-{worker_id}", "--worker-id", worker_id),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-    )
+    commands = {
+        "worker": ["worker", "--engine", "sim", "--sim-time-scale", "0",
+                   "--group", f"g-{worker_id}", "--worker-id", worker_id],
+        "admission": ["streams", "admission", "--instance-id", f"{worker_id}-admission",
+                      "--group", f"g-{worker_id}-admission"],
+    }  # fmt: skip
+    processes = []
+    for name, args in commands.items():
+        log = (tmp_path / f"{name}.log").open("w")
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "f2p_cli", *args],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     try:
         yield suffix, status_file
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         specs = load_topic_specs(suffix=suffix)
         delete_topics(admin, [s.name for s in specs])
         registry = SchemaRegistryClient({"url": stack_settings.registry_url})
