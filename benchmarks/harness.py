@@ -30,14 +30,14 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from connectors.kafka import make_admin, make_consumer, make_producer
+from connectors.kafka import located, make_admin, make_consumer, make_producer
 from connectors.partitioner import partition_for
 from connectors.registry import make_registry_client
 from connectors.settings import Settings
 from f2p_errors import F2PError
 from infra.topics import apply_topics, load_topic_specs
 from schemas.codec import AvroCodec
-from schemas.records import GenerationRequest
+from schemas.records import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class ResultCollector:
             for msg in messages:
                 if msg.error() is not None:
                     continue
-                result = self.codec.decode(self.topic, msg.value())
+                result = self.codec.decode(self.topic, msg.value(), expect=GenerationResult)
                 batch.append(
                     Received(
                         request_id=result.request_id,
@@ -237,7 +237,7 @@ class ResultCollector:
                         worker_id=result.worker_id,
                         status=str(result.status),
                         engine_s=result.timings.engine_ms / 1000,
-                        partition=msg.partition(),
+                        partition=located(msg)[1],
                         completed_at=result.completed_at.timestamp(),
                         stages=(
                             result.timings.queued_ms,

@@ -25,12 +25,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from connectors.eos.records import MessageRef
-from connectors.kafka import make_consumer, make_transactional_producer
+from connectors.kafka import located, make_consumer, make_transactional_producer
 from connectors.object_store import make_object_store
 from connectors.registry import make_registry_client
 from connectors.settings import Settings
@@ -125,8 +125,8 @@ class NaiveWorker:
                 msg = consumer.poll(self.config.poll_timeout_s)
                 if msg is None:
                     continue
-                if msg.error() is not None:
-                    error: KafkaError = msg.error()
+                error = msg.error()
+                if error is not None:
                     if error.fatal():
                         raise NaiveFatal(f"consumer fatal error: {error}")
                     log.warning("consumer error: %s", error)
@@ -164,10 +164,11 @@ class NaiveWorker:
     def process(self, msg: Message) -> Outcome:
         """Run one message through the stages on this thread; return its one outcome."""
         item = WorkItem(
-            ref=MessageRef(msg.topic(), msg.partition(), msg.offset(), 0),
+            ref=MessageRef(*located(msg), 0),
             key=msg.key(),
             value=msg.value(),
-            headers=list(msg.headers() or []),
+            # A consumed message's headers are a list of (name, bytes) pairs (never a dict).
+            headers=cast("list[tuple[str, bytes | None]]", list(msg.headers() or [])),
         )
         self._outcomes.clear()
         ready = prefetch(self.ctx, item)
@@ -194,10 +195,14 @@ class NaiveWorker:
             # Step 2.
             for record in self.writer.completion(outcome).records:
                 producer.produce(
-                    record.topic, value=record.value, key=record.key, headers=record.headers
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=list(record.headers) if record.headers else None,
                 )
             # Step 3.
-            offsets = [TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)]
+            topic, partition, offset = located(msg)
+            offsets = [TopicPartition(topic, partition, offset + 1)]
             _retry(
                 lambda: producer.send_offsets_to_transaction(
                     offsets, consumer.consumer_group_metadata(), 30
@@ -206,12 +211,12 @@ class NaiveWorker:
             # Step 4.
             _retry(lambda: producer.commit_transaction(30))
         except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if not error.txn_requires_abort():
-                raise NaiveFatal(f"transaction failed: {error}") from exc
-            log.warning("aborting transaction: %s", error)
+            failure: KafkaError = exc.args[0]
+            if not failure.txn_requires_abort():
+                raise NaiveFatal(f"transaction failed: {failure}") from exc
+            log.warning("aborting transaction: %s", failure)
             producer.abort_transaction(30)
-            consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            consumer.seek(TopicPartition(*located(msg)))
 
 
 def _retry(call: Callable[[], object], deadline_s: float = 30) -> None:

@@ -31,6 +31,7 @@ from connectors.s3 import make_s3_client
 from connectors.settings import Settings, load_settings
 from infra.topics import apply_topics, load_topic_specs
 from schemas.images import make_sample_face
+from schemas.records import FaceImageRef
 
 
 def distinct_faces(n: int, size: int = 128) -> list[bytes]:
@@ -92,6 +93,8 @@ def _naive_run(settings: Settings, tenant: str, faces: list[bytes], n: int) -> d
                 tenant_id=tenant, prompt="bench", face=face, steps=8, seed=i
             )
             ref = prepared.request.face
+            # The naive loop always uploads: the prepared request names an S3 claim check.
+            assert isinstance(ref, FaceImageRef)
             s3.put_object(Bucket=ref.bucket, Key=ref.key, Body=face, ContentType=ref.content_type)
             producer.produce(
                 prepared.topic, value=prepared.value, key=prepared.request.request_id.encode(),
@@ -133,7 +136,7 @@ def run_publish_bench(
     tenants = {name: f"bench-{run}-{name}" for name in ("distinct", "repeated", "naive")}
     faces = distinct_faces(max(n, naive_n))
     try:
-        results = {
+        results: dict[str, Any] = {
             "n": n,
             "sdk_distinct_faces": _sdk_run(bench, tenants["distinct"], faces[:n], n),
             "sdk_repeated_face": _sdk_run(bench, tenants["repeated"], faces[:1], n),

@@ -69,10 +69,10 @@ def build_worker(spec: dict[str, Any], engine: Engine) -> Any:
         # tuning knobs of ours.
         known = {f.name for f in dataclasses.fields(NaiveConfig)}
         shared = {k: v for k, v in spec.get("options", {}).items() if k in known}
-        config = NaiveConfig(
+        naive_config = NaiveConfig(
             worker_id=spec["worker_id"], group_id=spec["group_id"], lanes=lanes, **shared
         )
-        return NaiveWorker(settings, config, engine)
+        return NaiveWorker(settings, naive_config, engine)
     from inference_consumer.config import WorkerConfig
     from inference_consumer.worker import Worker
 
@@ -108,8 +108,8 @@ def trace_commits(worker: Any) -> list[tuple[float, float, int]]:
                 )
             return done
 
-        Checkpoint.start = start  # type: ignore[method-assign]
-        Checkpoint.finish = finish  # type: ignore[method-assign]
+        Checkpoint.start = start  # type: ignore[method-assign,assignment]
+        Checkpoint.finish = finish  # type: ignore[method-assign,assignment]
     else:
         naive_commit = worker.commit
 

@@ -397,7 +397,8 @@ def failover(
         # The independent check: a fresh read_committed scan of the whole results topic.
         counts: dict[str, int] = {}
         for msg in read_to_end(run.settings, run.settings.topics.results, timeout_s=60):
-            rid = msg.key().decode()
+            key = msg.key()
+            rid = key.decode() if isinstance(key, bytes) else str(key)
             counts[rid] = counts.get(rid, 0) + 1
         stats = run.stop()  # the survivors' (the victim wrote none)
     recovery, gaps = {}, {}

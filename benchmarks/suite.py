@@ -8,6 +8,7 @@ on. The result is a ``Report``: figure rows (ours | naive | target) plus every r
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import time
@@ -136,19 +137,21 @@ def _both(
     report: Report, console: Console, name: str, call: Callable[[str], dict[str, Any]]
 ) -> dict[str, dict[str, Any] | None]:
     return {
-        impl: _attempt(report, console, f"{name}/{impl}", lambda i=impl: call(i))
+        impl: _attempt(report, console, f"{name}/{impl}", functools.partial(call, impl))
         for impl in report.impls
     }
 
 
-def _pick(runs: dict[str, dict[str, Any] | None], key: str, scale: float = 1.0) -> list[Any]:
-    values = []
+def _pick(runs: dict[str, dict[str, Any] | None], key: str, scale: float = 1.0) -> tuple[Any, Any]:
+    """``key`` of ours and of naive (None where that implementation did not run)."""
+    values: list[Any] = []
     for impl in IMPLS:
         figures = runs.get(impl)
-        value = None if figures is None else figures.get(key)
+        value: Any = None if figures is None else figures.get(key)
         scaled = scale != 1.0 and isinstance(value, int | float) and not isinstance(value, bool)
         values.append(value * scale if scaled else value)
-    return values
+    ours, naive = values
+    return ours, naive
 
 
 # (metric, unit, key in the scenario's figures, scale, target)
@@ -205,7 +208,9 @@ def _s3(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
         else:
             runs = _both(
                 report, console, f"control-{kind}",
-                lambda i, k=kind: scenarios.control_plane(bench, i, sizes, {"object_store": k}),
+                functools.partial(
+                    scenarios.control_plane, bench, sizes=sizes, options={"object_store": kind}
+                ),
             )  # fmt: skip
         _rows(report, "S3 client", runs, [
             (f"worker CPU per request at zero service time, {kind}", "ms",
@@ -243,7 +248,10 @@ def _duty(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
 def _scaling(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
     per_n = {
         n: _both(
-            report, console, f"scaling{n}", lambda i, n=n: scenarios.scaling(bench, i, sizes, n)
+            report,
+            console,
+            f"scaling{n}",
+            functools.partial(scenarios.scaling, bench, sizes=sizes, workers=n),
         )
         for n in sizes.scaling_workers
     }
@@ -254,12 +262,12 @@ def _scaling(bench: Bench, sizes: Sizes, report: Report, console: Console) -> No
         bound = f"engine bound {n / sizes.scaling_service_s:.0f}"
         report.rows.append(Row("scaling", f"throughput, {n} worker(s)", "req/s", *rates, bound))
         if n != one:
-            efficiency = [
+            ours, naive = (
                 100 * rate * one / (n * first) if rate is not None and first else None
                 for rate, first in zip(rates, base, strict=True)
-            ]
+            )
             metric = f"efficiency, {n} vs {n // one} x {one}"
-            report.rows.append(Row("scaling", metric, "%", *efficiency, "≥ 95"))
+            report.rows.append(Row("scaling", metric, "%", ours, naive, "≥ 95"))
 
 
 def _failover(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
@@ -277,7 +285,9 @@ def _failover(bench: Bench, sizes: Sizes, report: Report, console: Console) -> N
             kind = "static" if static else "dynamic"
             variant = _both(
                 report, console, f"failover-restart-{kind}",
-                lambda i, s=static: scenarios.failover(bench, i, sizes, restart=True, static=s),
+                functools.partial(
+                    scenarios.failover, bench, sizes=sizes, restart=True, static=static
+                ),
             )  # fmt: skip
             every.append(variant)
             _rows(report, "failover", variant, [
@@ -285,12 +295,12 @@ def _failover(bench: Bench, sizes: Sizes, report: Report, console: Console) -> N
                  1, "≤ 5, ≤ naive"),
             ])  # fmt: skip
     for metric, key in (("lost requests", "lost"), ("duplicated results", "duplicated")):
-        totals = [
+        ours, naive = (
             sum(v for v in values if v is not None) if any(v is not None for v in values) else None
             for values in zip(*(_pick(r, key) for r in every), strict=True)
-        ]
+        )
         label = f"{metric} (all {len(every)} runs)" if len(every) > 1 else metric
-        report.rows.append(Row("failover", label, "requests", *totals, "0"))
+        report.rows.append(Row("failover", label, "requests", ours, naive, "0"))
 
 
 def _publish(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:

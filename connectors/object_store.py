@@ -22,10 +22,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from connectors.settings import Settings
 from f2p_errors import ConfigError, F2PError
+
+if TYPE_CHECKING:  # typing only: obstore is imported when a store is opened
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 OBJECT_STORES = ("obstore", "boto3")
 # Buckets with a live obstore client; a request may name any bucket for its face, so the cache
@@ -132,7 +135,7 @@ class ObstoreObjectStore:
         from obstore.store import S3Store
 
         s = self._settings
-        config: dict[str, Any] = {"region": s.s3_region}
+        config: S3Config = {"region": s.s3_region}
         if s.s3_access_key and s.s3_secret_key:
             config["access_key_id"] = s.s3_access_key
             config["secret_access_key"] = s.s3_secret_key
@@ -144,10 +147,10 @@ class ObstoreObjectStore:
         # Like connectors.s3.make_s3_client: a short connect timeout so an outage is noticed
         # quickly, 3 attempts in all (the worker adds its own backoff above that), and a whole
         # call bounded (obstore's default is 10 retries over up to 3 minutes).
-        client_options: dict[str, Any] = {"connect_timeout": "2s", "timeout": "30s"}
+        client_options: ClientConfig = {"connect_timeout": "2s", "timeout": "30s"}
         if endpoint and endpoint.startswith("http://"):
             client_options["allow_http"] = True
-        retry = {
+        retry: RetryConfig = {
             "max_retries": 2,
             "retry_timeout": timedelta(seconds=15),
             "backoff": {
