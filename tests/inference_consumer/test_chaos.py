@@ -166,8 +166,8 @@ def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path, admin)
                     start(pid)
                     del down[pid]
             running = [p for p in admission_ids + worker_ids if p not in down]
-            died = [p for p in running if not fleet.workers[p].alive()]
-            assert not died, f"died on their own: {died}\n{fleet.log_tail()}"
+            died = fleet.died(running)
+            assert not died, f"died on their own (exit codes): {died}\n{fleet.log_tail()}"
             # Every third kill hits admission (keeping one instance up).
             admission_up = [p for p in admission_ids if p in running]
             pool = admission_up if len(kills) % 3 == 1 and len(admission_up) == 2 else [
