@@ -6,6 +6,7 @@ message and exits 1 with no traceback; anything else is a bug and keeps its trac
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 
@@ -87,6 +88,9 @@ def run(command: click.Command) -> None:
 
 def main() -> None:
     """Console entry point."""
+    # A crash below Python (librdkafka, torch) then leaves every thread's stack on stderr, the
+    # log of a worker or admission process, instead of a silent exit code.
+    faulthandler.enable()
     _add_commands()
     run(cli)
 

@@ -180,6 +180,15 @@ class WorkerFleet:
             if w.alive():
                 w.kill9()
 
+    def died(self, process_ids: Iterable[str]) -> dict[str, int | None]:
+        """Exit codes of those of ``process_ids`` that are no longer running (a negative code is
+        the signal that ended it)."""
+        return {
+            pid: self.workers[pid].proc.returncode  # type: ignore[union-attr]
+            for pid in process_ids
+            if not self.workers[pid].alive()
+        }
+
     def log_tail(self, lines: int = 60) -> str:
         out = []
         for w in self.workers.values():
@@ -499,8 +508,8 @@ def finish(
             f"not all results within {timeout_s} s: {len(expected - seen)} of {len(expected)} "
             f"missing; lagging (committed, end): {lag}\n{fleet.log_tail()}"
         )
-    died = [w for w in worker_ids if not fleet.workers[w].alive()]
-    assert not died, f"workers died on their own: {died}\n{fleet.log_tail()}"
+    died = fleet.died(worker_ids)
+    assert not died, f"workers died on their own (exit codes): {died}\n{fleet.log_tail()}"
     codes = fleet.stop_all()
     assert all(code == 0 for code in codes.values()), f"{codes}\n{fleet.log_tail()}"
     return waited

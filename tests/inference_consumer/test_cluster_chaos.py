@@ -157,8 +157,8 @@ def run_with_fault(
         fault_over = time.time()
         publisher.join(300)
         assert not publisher.errors, publisher.errors
-        died = [p for p in processes if not fleet.workers[p].alive()]
-        assert not died, f"died: {died}\n{fleet.log_tail()}"
+        died = fleet.died(processes)
+        assert not died, f"died (exit codes): {died}\n{fleet.log_tail()}"
         drain_s = finish(
             fleet, settings, codec, expected, group_id, 240, processes,
             admission_group=admission_group,
