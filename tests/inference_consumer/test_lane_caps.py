@@ -33,14 +33,18 @@ def caps(max_in_flight: int, max_batch: int) -> dict[str, int]:
 
 
 def test_caps_follow_the_lane_weights_when_they_exceed_two_batches() -> None:
-    # Weights 16 / 4 / 1 of 256 slots: 256, 64, 16 — all above 2 x 4.
-    assert caps(256, 4) == {T.lanes_interactive: 256, T.lanes_batch: 64, T.lanes_overquota: 16}
+    # Weights 16 / 4 / 0.25 of 1024 slots: 1024, 256, 16 — all above 2 x 4.
+    assert caps(1024, 4) == {
+        T.lanes_interactive: 1024,
+        T.lanes_batch: 256,
+        T.lanes_overquota: 16,
+    }
 
 
 @pytest.mark.parametrize(
     ("max_in_flight", "max_batch", "expected"),
     [
-        # 64 slots, batches of 4: overquota's share (4) is raised to two batches (8).
+        # 64 slots, batches of 4: overquota's share (1) is raised to two batches (8).
         (64, 4, {"interactive": 64, "batch": 16, "overquota": 8}),
         # 8 slots, batches of 4: batch 2 -> 8, overquota 1 -> 8 (the old caps ran batches of 2).
         (8, 4, {"interactive": 8, "batch": 8, "overquota": 8}),
