@@ -51,6 +51,7 @@ generate: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 format: $(INSTALLED)
 	$(BIN)/ruff format .
@@ -85,4 +86,4 @@ $(INSTALLED): pyproject.toml
 
 clean:
 	-$(BIN)/f2p stack down
-	rm -rf $(VENV) .stack .tools .pytest_cache .ruff_cache
+	rm -rf $(VENV) .stack .tools .pytest_cache .ruff_cache .mypy_cache
