@@ -19,7 +19,6 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -325,9 +324,7 @@ class EosLoop:
         global bound, which then pauses every lane above it until half of it is done."""
         if not self.config.topic_in_flight:
             return self.config.max_in_flight - self.assignment.in_flight()
-        by_topic: Counter[str] = Counter()
-        for state in self.assignment:
-            by_topic[state.topic] += state.in_flight
+        by_topic = self.assignment.in_flight_by_topic()
         room = self.config.max_in_flight - sum(by_topic.values())
         for topic, cap in self.config.topic_in_flight.items():
             if topic in by_topic and topic not in self._topic_paused:
@@ -412,13 +409,23 @@ class EosLoop:
 
     def _commit_interval_ms(self) -> float:
         """The least time between two commits now: ``commit_interval_ms`` when nothing is in
-        flight, ``max_commit_interval_ms`` when the in-flight bound is reached."""
+        flight, ``max_commit_interval_ms`` when an in-flight bound is reached — the global one
+        or a capped topic's. A backlog on one capped lane (batch: 16 of 64 slots) is a backlog
+        too: measured against the global bound alone it kept the interval at a quarter of the
+        range, and transactions small (6 results each instead of 10 at zero service time)."""
         config = self.config
         low, high = config.commit_interval_ms, config.max_commit_interval_ms
         if high is None or high <= low:
             return low
-        load = min(1.0, self.assignment.in_flight() / max(1, config.max_in_flight))
-        return low + (high - low) * load
+        if not config.topic_in_flight:
+            load = self.assignment.in_flight() / max(1, config.max_in_flight)
+        else:
+            by_topic = self.assignment.in_flight_by_topic()
+            load = sum(by_topic.values()) / max(1, config.max_in_flight)
+            for topic, cap in config.topic_in_flight.items():
+                if by_topic.get(topic):
+                    load = max(load, by_topic[topic] / max(1, cap))
+        return low + (high - low) * min(1.0, load)
 
     def _offsets_moved(self) -> bool:
         """Whether some partition's commit point moved (or was never committed); an O(1)
@@ -749,14 +756,12 @@ class EosLoop:
         self._pauses_stale = False
         self._was_saturated = saturated
         config = self.config
-        in_flight = self.assignment.in_flight()
+        by_topic = self.assignment.in_flight_by_topic()
+        in_flight = sum(by_topic.values())
         if in_flight >= config.max_in_flight:
             self._global_paused = True
         elif in_flight <= config.max_in_flight // 2:
             self._global_paused = False
-        by_topic: Counter[str] = Counter()
-        for state in self.assignment:
-            by_topic[state.topic] += state.in_flight
         for topic, cap in config.topic_in_flight.items():
             if by_topic[topic] >= cap:
                 self._topic_paused.add(topic)

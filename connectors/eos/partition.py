@@ -16,6 +16,7 @@ restored state is exactly what was committed.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -113,6 +114,13 @@ class Assignment:
 
     def in_flight(self) -> int:
         return sum(len(s.offsets.in_flight) for s in self._states.values())
+
+    def in_flight_by_topic(self) -> Counter[str]:
+        """In-flight messages per assigned topic (every assigned topic present, 0 included)."""
+        by_topic: Counter[str] = Counter()
+        for state in self._states.values():
+            by_topic[state.topic] += len(state.offsets.in_flight)
+        return by_topic
 
     def restoring(self) -> list[PartitionState]:
         return [s for s in self._states.values() if s.phase is Phase.RESTORING]
