@@ -200,19 +200,22 @@ class Worker:
     def _loop_config(self) -> LoopConfig:
         c = self.config
         weights = dict(c.lane_weights)
-        heaviest = max(weights.values())
+        served = {topic: lane for topic, lane in self.lane_of_topic.items() if topic in self.topics}
         # A lane may hold a share of the in-flight slots in proportion to its weight (the
-        # heaviest lane all of them), so a low lane's backlog always leaves room above it; but
-        # never less than two full batches (one in the engine, one filling), or a lone low lane
-        # runs the GPU on small batches (64 slots: batch lane 16, overquota 4 < a batch of 4+).
+        # heaviest lane this worker serves all of them), so a low lane's backlog always leaves
+        # room for the lanes above it *that this worker serves* (a worker of the batch lane
+        # alone keeps every slot: capped at 16 of 64 it ran a third fewer requests per second
+        # at zero service time, for no lane's benefit); but never less than two full batches
+        # (one in the engine, one filling), or a lone low lane runs the GPU on small batches
+        # (64 slots: batch lane 16, overquota 4 < a batch of 4+).
+        heaviest = max((weights.get(lane, 1.0) for lane in served.values()), default=1.0)
         floor = 2 * self.engine.max_batch_size
         caps = {
             topic: min(
                 c.max_in_flight,
                 max(floor, round(c.max_in_flight * weights.get(lane, 1.0) / heaviest)),
             )
-            for topic, lane in self.lane_of_topic.items()
-            if topic in self.topics
+            for topic, lane in served.items()
         }
         return LoopConfig(
             max_in_flight=c.max_in_flight,

@@ -62,3 +62,25 @@ def test_a_lane_holds_at_least_two_batches_and_never_more_than_the_bound(
 
 def test_the_retry_topic_has_no_lane_cap() -> None:
     assert T.retry not in caps(64, 4)
+
+
+def test_shares_are_of_the_lanes_the_worker_serves() -> None:
+    """The heaviest lane *served* takes every slot: a worker of the batch lane alone is not
+    held to the 16 of 64 that leave room for an interactive lane it does not read."""
+
+    def served_caps(lanes: tuple[str, ...]) -> dict[str, int]:
+        worker = Worker(
+            SETTINGS,
+            WorkerConfig(worker_id="caps", max_in_flight=64, lanes=lanes),
+            SimEngine(max_batch_size=4),
+            codec=object(),  # type: ignore[arg-type]
+            s3=object(),
+        )
+        return dict(worker._loop_config().topic_in_flight)
+
+    assert served_caps((T.lanes_batch,)) == {T.lanes_batch: 64}
+    # 64 x 0.25 / 4 = 4, raised to two batches of 4.
+    assert served_caps((T.lanes_batch, T.lanes_overquota)) == {
+        T.lanes_batch: 64,
+        T.lanes_overquota: 8,
+    }
