@@ -43,7 +43,11 @@ class StackPorts:
     seaweed_volume: int = 18380
     seaweed_filer: int = 18888
     seaweed_webdav: int = 17333
-    seaweed_admin: int = 23646
+    # Not weed's own 23646: its gRPC port (+10000) would sit in Linux's ephemeral range
+    # (32768-60999), where any outgoing connection may hold it when the stack starts (seen in
+    # CI: "s3 (admin-grpc): port 34146 is already in use"). Every default port + 10000, and
+    # the test stacks' offsets on top, stay below 32768 (tests/infra/test_cluster.py).
+    seaweed_admin: int = 17646
     seaweed_iceberg: int = 18181
     seaweed_lance: int = 18101
     seaweed_metrics: int = 19327

@@ -34,6 +34,7 @@ from infra.stack.faults import (
 from infra.stack.launcher import stack_components, stack_down, stack_status, stack_up
 from infra.stack.processes import process_start_ticks
 from infra.topics import create_topic, delete_topics
+from tests.conftest import CLUSTER_PORT_OFFSET
 
 # A cluster of this module's own (up, up, down) beside the session's stack (+0), the second
 # stack of test_stack_lifecycle (+200) and the session's cluster (conftest, +500).
@@ -86,6 +87,23 @@ def _ports_of(offset: int, brokers: int) -> set[int]:
         state_dir=Path("/nonexistent"), ports=StackPorts().shifted(offset), brokers=brokers
     )
     return {port for c in stack_components(config) for port in c.ports().values()}
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def test_no_stack_listens_in_the_ephemeral_port_range() -> None:
+    """A listening port inside the range the kernel hands to outgoing connections can be held
+    by any client socket when the stack starts: the test stacks' ports (SeaweedFS's gRPC ports
+    included) all stay below it."""
+    start = _ephemeral_ports_start()
+    offsets = (0, 200, CLUSTER_PORT_OFFSET, OWN_CLUSTER_PORT_OFFSET)
+    ports = set().union(*(_ports_of(offset, 3) for offset in offsets))
+    assert max(ports) < start, sorted(p for p in ports if p >= start)
 
 
 @_live
