@@ -118,7 +118,11 @@ class StubConsumer:
         self.member = next(self._members)
         self.callbacks: dict[str, Callable[..., Any]] = {}
         self.assigned: list[TP] = []
+        # Where the next fetch starts, and what position() reports: librdkafka reports the
+        # offset after the last message handed out (or control record passed), INVALID before
+        # any and again after a seek, until the next one.
         self.positions: dict[TP, int] = {}
+        self.app_positions: dict[TP, int] = {}
         self.paused: set[TP] = set()
         self._rebalances: deque[tuple[str, list[TP]]] = deque()
         self.closed = False
@@ -172,6 +176,7 @@ class StubConsumer:
             if key in self.assigned:
                 self.assigned.remove(key)
             self.positions.pop(key, None)
+            self.app_positions.pop(key, None)
             self.not_fetching.discard(key)
 
     def assignment(self) -> list[TopicPartition]:
@@ -189,12 +194,13 @@ class StubConsumer:
         if key in self.not_fetching:
             raise kafka_exception(KafkaError._STATE)
         self.positions[key] = tp.offset
+        self.app_positions.pop(key, None)
         self.seeks.append((key, tp.offset))
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return [
             TopicPartition(
-                tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), -1001)
+                tp.topic, tp.partition, self.app_positions.get((tp.topic, tp.partition), -1001)
             )
             for tp in partitions
         ]
@@ -224,12 +230,14 @@ class StubConsumer:
             if key in self.paused or key in self.not_fetching:
                 continue
             log = self.broker.logs[key]
-            position = self.positions.get(key, 0)
+            start = position = self.positions.get(key, 0)
             while position < len(log) and log[position] is None:
                 position += 1  # control records are never delivered
             self.positions[key] = position
+            if position > start:
+                self.app_positions[key] = position
             if position < len(log):
-                self.positions[key] = position + 1
+                self.positions[key] = self.app_positions[key] = position + 1
                 return log[position]
         return None
 

@@ -552,3 +552,22 @@ def test_a_low_lanes_backlog_stays_within_its_cap_and_leaves_the_other_lanes_fet
     assert sum(v.startswith(b"low") for v in handler.handled) <= 2 + 1  # cap + one poll
     assert [v for v in handler.handled if v.startswith(b"high")] == high
     assert ("low", 0) in consumer.paused and (IN, 0) not in consumer.paused
+
+
+def test_an_inherited_partition_with_a_backlog_is_woken_at_its_commit_point() -> None:
+    """A failover's heir resumes the partitions it inherits with a seek to their commit point
+    when they hold more than a trailing marker (librdkafka otherwise started fetching them up
+    to 1 s later); an inherited partition with nothing to fetch keeps librdkafka's position
+    (the lag logic needs it to commit past a trailing marker)."""
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a", b"b", b"c"])
+    broker.committed[("group", (IN, 0))] = (1, None)  # the dead owner got as far as "b"
+    fill(broker, 1, [b"x"])
+    broker.logs[(IN, 1)].append(None)  # its transaction's commit marker
+    broker.committed[("group", (IN, 1))] = (1, None)  # done up to the marker
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0), (IN, 1)])
+    run_turns(loop, 3)
+    assert consumer.seeks == [((IN, 0), 1)]  # partition 1: nothing to fetch, no seek
+    run_turns(loop, 10)
+    assert sorted(handler.handled) == [b"b", b"c"]
