@@ -61,7 +61,7 @@ class Checkpoint:
         """
         # Step 1.
         touched = {c.ref.tp for c in self.completions}
-        touched.update(tp for c in self.completions for tp in c.touches)
+        touched.update(t.tp for c in self.completions for t in c.touches)
         offsets: list[TopicPartition] = []
         self.offsets = {}
         for state in assignment:

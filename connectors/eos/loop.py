@@ -234,6 +234,14 @@ class EosLoop:
         """Whether work for ``ref`` still counts (its partition was not revoked or rewound)."""
         return self.assignment.generation(ref.tp) == ref.generation
 
+    def _counts(self, completion: Completion) -> bool:
+        """Whether ``completion`` may still be committed: its partition and every partition
+        it touched are in the generations it was made in."""
+        generation = self.assignment.generation
+        return generation(completion.ref.tp) == completion.ref.generation and all(
+            generation(t.tp) == t.generation for t in completion.touches
+        )
+
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -380,8 +388,14 @@ class EosLoop:
             except queue.Empty:
                 return
             state = self.assignment.get(completion.ref.tp)
-            if state is None or state.generation != completion.ref.generation:
-                continue  # revoked or rewound meanwhile: the work will be redone
+            if (
+                state is None
+                or state.generation != completion.ref.generation
+                or (completion.touches and not self._counts(completion))
+            ):
+                # Revoked or rewound meanwhile: the work will be redone.
+                self._discard([completion], "its partition moved before it was collected")
+                continue
             if not state.offsets.completed(completion.ref.offset):
                 continue  # a second completion for the same message: the first one stands
             self._pending.add(completion)
@@ -533,11 +547,10 @@ class EosLoop:
 
     def _requeue(self, checkpoint: Checkpoint) -> None:
         """Put a checkpoint's completions (of partitions still ours) back in front."""
-        keep = [
-            c
-            for c in checkpoint.completions
-            if self.assignment.generation(c.ref.tp) == c.ref.generation
-        ]
+        keep = [c for c in checkpoint.completions if self._counts(c)]
+        if len(keep) < len(checkpoint.completions):
+            gone = [c for c in checkpoint.completions if not self._counts(c)]
+            self._discard(gone, "its transaction aborted after a partition moved")
         pending = self._pending
         pending.completions[:0] = keep
         if checkpoint.side_records and not pending.side_records:
@@ -555,6 +568,40 @@ class EosLoop:
         tps = self.assignment.keys()
         self.handler.forget(tps)
         for tp in tps:
+            self.assignment.restart(tp).must_seek = True
+        self._restoring = True
+
+    def _rewind_partitions(self, tps: set[TP], why: str) -> None:
+        """``rewind`` for some partitions: each is restored from its committed state, with the
+        pending completions that belong to it or touched it (their other partitions too: the
+        closure, so that no partition keeps the effect of a discarded completion)."""
+        rewound = {tp for tp in tps if tp in self.assignment}
+        pending = self._pending.completions
+        while True:
+            grown = set(rewound)
+            for completion in pending:
+                involved = {completion.ref.tp, *(t.tp for t in completion.touches)}
+                if involved & rewound:
+                    grown.update(tp for tp in involved if tp in self.assignment)
+            if grown == rewound:
+                break
+            rewound = grown
+        if not rewound:
+            return
+        log.warning(
+            "rewinding %d partition(s) to their committed state: %s",
+            len(rewound),
+            why,
+            extra={"partitions": sorted(rewound)[:20]},
+        )
+        self._moved()
+        self._pending.completions = [
+            c
+            for c in pending
+            if c.ref.tp not in rewound and not any(t.tp in rewound for t in c.touches)
+        ]
+        self.handler.forget(sorted(rewound))
+        for tp in rewound:
             self.assignment.restart(tp).must_seek = True
         self._restoring = True
 
@@ -721,8 +768,28 @@ class EosLoop:
         self.handler.forget(tps)
         for tp in tps:
             self.assignment.remove(tp)
-        self._pending.completions = [c for c in self._pending.completions if c.ref.tp not in gone]
+        kept: list[Completion] = []
+        dropped: list[Completion] = []
+        for completion in self._pending.completions:
+            (kept if self._counts(completion) else dropped).append(completion)
+        if dropped:
+            self._pending.completions = kept
+            self._discard(dropped, f"partitions {sorted(gone)[:5]} left this member")
         self._update_assignment_metrics()
+
+    def _discard(self, completions: list[Completion], why: str) -> None:
+        """``completions`` will never be committed (their partition or one they touched moved):
+        rewind the partitions still ours whose state holds their effect — their own, and any
+        they touched — so that nothing in memory claims what was never written (admission's
+        dedupe entry of a request that was not admitted would suppress it when it comes back)."""
+        generation = self.assignment.generation
+        stale: set[TP] = set()
+        for completion in completions:
+            if completion.touches and generation(completion.ref.tp) == completion.ref.generation:
+                stale.add(completion.ref.tp)
+            stale.update(t.tp for t in completion.touches if generation(t.tp) == t.generation)
+        if stale:
+            self._rewind_partitions(stale, f"work that changed their state was discarded: {why}")
 
     def _replace_consumer(self, exc: ConsumerFatal) -> None:
         """Drop every partition's work, close the dead consumer and subscribe a new one.

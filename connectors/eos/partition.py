@@ -4,7 +4,7 @@ A partition's life in one member::
 
     assigned ──▶ RESTORING ──(committed offset + metadata read)──▶ ACTIVE ──▶ revoked / lost
                      ▲                                               │
-                     └──────────── rewind (abort, fatal producer) ◀──┘
+                     └──── rewind (aborts, fatal, discarded work) ◀──┘
 
 While RESTORING the partition is paused: nothing is fetched until the loop knows the commit
 point and the offsets done above it. Reading them is retried turn after turn with a short

@@ -63,7 +63,23 @@ class Completion:
     records: list[OutputRecord] = field(default_factory=list)
     fallback: Callable[[], list[OutputRecord] | None] | None = None
     context: Any = None
-    # Other assigned partitions whose state this completion used (admission's direct path
-    # updates the dedupe state of a repartition partition): their commit points go in the same
-    # transaction, so that a member that lost one of them cannot commit (KIP-447 fencing).
-    touches: tuple[TP, ...] = ()
+    # Other assigned partitions whose in-memory state this completion changed (admission's
+    # direct path adds a dedupe entry to a repartition partition's store). It commits only while
+    # each is still in the generation it changed: their commit points go in the same
+    # transaction (KIP-447: a member that lost one of them cannot commit), and when the loop
+    # discards the completion uncommitted, each of them still assigned is rewound — its state
+    # holds an effect that was never written.
+    touches: tuple[Touched, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """A partition a completion's work changed the state of, in the generation it changed."""
+
+    topic: str
+    partition: int
+    generation: int
+
+    @property
+    def tp(self) -> TP:
+        return (self.topic, self.partition)

@@ -8,7 +8,10 @@ Two steps, each one transaction with its input offsets (connectors/eos):
   project's partitioner — or, when this instance already owns that partition (publishers that
   hash the request_id with murmur2 into equally many partitions, like the SDK), admitted at once:
   one hop instead of two, with the repartition partition's commit point in the transaction so a
-  member that lost it cannot commit (KIP-447).
+  member that lost it cannot commit (KIP-447). The dedupe entry is added before the transaction
+  commits; if the loop discards the completion instead (its ingress partition revoked while the
+  commit failed), it rewinds that repartition partition, whose store is then restored from the
+  changelog — an entry left behind would answer the request DUPLICATE when it comes back.
 * **repartition**: the request_id's partition owns its dedupe state (``dedupe.py``). A request_id
   seen within the horizon gets a DUPLICATE status event and nothing else. A new one is answered
   by admission (REJECTED: invalid or over a rejecting quota; EXPIRED: deadline passed while
@@ -34,7 +37,7 @@ from connectors.control import CancellationWatch
 from connectors.dead_letters import ClaimCheck, build_dead_letter
 from connectors.eos.loop import EosLoop
 from connectors.eos.partition import Phase
-from connectors.eos.records import TP, Completion, MessageRef, OutputRecord
+from connectors.eos.records import TP, Completion, MessageRef, OutputRecord, Touched
 from connectors.headers import BadHeader, check_headers, first, int_header
 from connectors.partitioner import partition_for
 from connectors.settings import Settings
@@ -280,10 +283,12 @@ class AdmissionHandler:
         self._start_span(item, request)
         request_id = request.request_id
         partition = partition_for(request_id, self.repartition_count)
-        owned = (self.topics.admission_repartition, partition)
-        if self._owns(partition):
-            # Already at its repartition partition, which is ours: admit in this same hop.
+        generation = self._owned_generation(partition)
+        if generation is not None:
+            # Already at its repartition partition, which is ours: admit in this same hop. The
+            # completion touches that partition's dedupe state (see Completion.touches).
             records, outcome = self._admit(item, request, partition)
+            owned = Touched(self.topics.admission_repartition, partition, generation)
             return Completion(
                 item.ref,
                 records,
@@ -317,10 +322,13 @@ class AdmissionHandler:
     def _trace_headers(self, item: IngressMessage) -> list[tuple[str, bytes]]:
         return tracing.headers_of(tracing.inject(item.span)) if item.span is not None else []
 
-    def _owns(self, partition: int) -> bool:
+    def _owned_generation(self, partition: int) -> int | None:
+        """The generation of repartition ``partition`` if it is ours and serving, else None."""
         assert self.loop is not None
         state = self.loop.assignment.get((self.topics.admission_repartition, partition))
-        return state is not None and state.phase is Phase.ACTIVE and partition in self.stores
+        if state is None or state.phase is not Phase.ACTIVE or partition not in self.stores:
+            return None
+        return state.generation
 
     def _check(self, item: IngressMessage) -> tuple[str, str] | None:
         if not item.value:

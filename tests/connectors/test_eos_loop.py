@@ -18,7 +18,7 @@ from eos_stub import StubBroker, StubConsumer, StubProducer, kafka_exception
 from connectors.eos.loop import EosLoop, LoopConfig
 from connectors.eos.offsets import decode_done, encode_done
 from connectors.eos.producer import TransactionalProducer
-from connectors.eos.records import TP, Completion, MessageRef, OutputRecord
+from connectors.eos.records import TP, Completion, MessageRef, OutputRecord, Touched
 
 IN = "in"
 OUT = "out"
@@ -571,3 +571,82 @@ def test_an_inherited_partition_with_a_backlog_is_woken_at_its_commit_point() ->
     assert consumer.seeks == [((IN, 0), 1)]  # partition 1: nothing to fetch, no seek
     run_turns(loop, 10)
     assert sorted(handler.handled) == [b"b", b"c"]
+
+
+STATE = (IN, 1)  # the partition whose in-memory state TouchingHandler keeps (a dedupe store)
+
+
+class TouchingHandler(EchoHandler):
+    """Admission's direct path in miniature: a message on partition 0 is deduplicated against
+    the in-memory state of partition 1 (the entry added before the commit, the completion
+    touching partition 1); when partition 1 is not ours it is forwarded instead. Its state is
+    restored from what was committed when partition 1 is forgotten (a changelog restore)."""
+
+    def __init__(self, broker: StubBroker) -> None:
+        super().__init__()
+        self.broker = broker
+        self.seen: set[bytes] = set()
+
+    def handle(self, message: Any, ref: MessageRef) -> None:
+        value = message.value()
+        self.handled.append(value)
+        assert self.loop is not None
+        state = self.loop.assignment.get(STATE)
+        if state is None:
+            self.loop.complete(Completion(ref, [OutputRecord("forwarded", value)]))
+            return
+        touched = Touched(*STATE, state.generation)
+        records = [] if value in self.seen else [OutputRecord(OUT, value)]
+        self.seen.add(value)
+        self.loop.complete(Completion(ref, records, touches=(touched,)))
+
+    def forget(self, tps: list[TP]) -> None:
+        super().forget(tps)
+        if STATE in tps:
+            self.seen = set(outputs(self.broker))
+
+
+def test_work_discarded_with_a_revoked_partition_rewinds_the_state_it_touched() -> None:
+    """The direct path's dedupe entry must not outlive a completion that never commits: the
+    request would be answered DUPLICATE (no outcome) when its ingress partition's next owner
+    sends it back (CI lost one of 900 requests in a broker-kill run)."""
+    broker = StubBroker()
+    handler = TouchingHandler(broker)
+    broker.committed[("group", STATE)] = (0, None)
+    fill(broker, 0, [b"a"])
+    loop, consumer = make_loop(broker, handler, commit_interval_ms=10_000)
+    consumer.assign([(IN, 0), STATE])
+    run_turns(loop, 3)
+    assert handler.seen == {b"a"} and outputs(broker) == Counter()
+    # The revoke's hand-over commit fails (the broker is down): "a" is dropped uncommitted.
+    broker.fail("commit_transaction", kafka_exception(KafkaError._FAIL, abort=True))
+    generation = loop.assignment.generation(STATE)
+    consumer.revoke([(IN, 0)])
+    run_turns(loop, 3)
+    assert loop.assignment.generation(STATE) != generation  # rewound
+    assert b"a" not in handler.seen  # the dedupe entry went with the work
+    consumer.assign([(IN, 0)])  # back (or at its next owner, whose copy lands here)
+    run_turns(loop, 20)
+    loop.commit()
+    assert outputs(broker) == Counter({b"a": 1})
+
+
+def test_work_that_touched_a_revoked_partition_is_redone_not_committed() -> None:
+    """The other way round: the touched partition leaves first. The completion must not commit
+    (the new owner of partition 1 would not know its entry): its own partition is rewound and
+    the message handled again — forwarded, now that partition 1 is someone else's."""
+    broker = StubBroker()
+    handler = TouchingHandler(broker)
+    broker.committed[("group", STATE)] = (0, None)
+    fill(broker, 0, [b"a"])
+    loop, consumer = make_loop(broker, handler, commit_interval_ms=10_000)
+    consumer.assign([(IN, 0), STATE])
+    run_turns(loop, 3)
+    broker.fail("commit_transaction", kafka_exception(KafkaError._FAIL, abort=True))
+    consumer.revoke([STATE])
+    run_turns(loop, 20)
+    loop.commit()
+    assert handler.handled == [b"a", b"a"]
+    assert outputs(broker) == Counter()
+    assert outputs(broker, "forwarded") == Counter({b"a": 1})
+    assert broker.committed[("group", (IN, 0))][0] == 1

@@ -504,12 +504,70 @@ def finish(
             "workers": group_lag(settings, group_id),
             "admission": admission_group and group_lag(settings, admission_group, admission_topics),
         }
+        missing = sorted(expected - seen)
         raise AssertionError(
-            f"not all results within {timeout_s} s: {len(expected - seen)} of {len(expected)} "
-            f"missing; lagging (committed, end): {lag}\n{fleet.log_tail()}"
+            f"not all results within {timeout_s} s: {len(missing)} of {len(expected)} "
+            f"missing; lagging (committed, end): {lag}\n"
+            f"{missing_trail(settings, missing[:3])}\n{fleet.log_tail()}"
         )
     died = fleet.died(worker_ids)
     assert not died, f"workers died on their own (exit codes): {died}\n{fleet.log_tail()}"
     codes = fleet.stop_all()
     assert all(code == 0 for code in codes.values()), f"{codes}\n{fleet.log_tail()}"
     return waited
+
+
+def missing_trail(settings: Settings, request_ids: list[str]) -> str:
+    """Where each of ``request_ids`` shows up in every pipeline topic, committed or not: the
+    first thing to know about a request without a result (which hop dropped it)."""
+    t = settings.topics
+    topics = [
+        *t.request_lanes, t.admission_repartition, t.admission_dedupe,
+        *t.worker_lanes.values(), t.retry, t.status, t.results, t.dlq,
+    ]  # fmt: skip
+    wanted = {rid.encode(): rid for rid in request_ids}
+    lines: dict[str, list[str]] = {rid: [] for rid in request_ids}
+    for isolation in ("read_committed", "read_uncommitted"):
+        found = _find_in_topics(settings, topics, wanted, isolation)
+        for rid, places in found.items():
+            lines[rid].append(f"  {isolation}: {', '.join(places) or '-'}")
+    return "\n".join(f"trail of {rid}:\n" + "\n".join(lines[rid]) for rid in request_ids)
+
+
+def _find_in_topics(
+    settings: Settings, topics: list[str], wanted: dict[bytes, str], isolation: str
+) -> dict[str, list[str]]:
+    """topic[partition]@offset of every message whose key or value holds a wanted id."""
+    found: dict[str, list[str]] = {rid: [] for rid in wanted.values()}
+    consumer = make_consumer(
+        settings, f"trail-{random.getrandbits(40):x}", isolation_level=isolation
+    )
+    try:
+        for topic in topics:
+            try:
+                meta = consumer.list_topics(topic, timeout=10).topics[topic]
+                ends = {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in meta.partitions
+                }
+            except KafkaException:
+                continue
+            todo = {p for p, end in ends.items() if end > 0}
+            if not todo:
+                continue
+            consumer.assign([TopicPartition(topic, p, 0) for p in todo])
+            deadline = time.monotonic() + 30
+            while todo and time.monotonic() < deadline:
+                for m in consumer.consume(1000, timeout=0.2):
+                    if m.error() is not None:
+                        continue
+                    blob = (m.key() or b"") + b"|" + (m.value() or b"")
+                    for raw, rid in wanted.items():
+                        if raw in blob:
+                            found[rid].append(f"{topic}[{m.partition()}]@{m.offset()}")
+                positions = consumer.position([TopicPartition(topic, p) for p in todo])
+                todo = {tp.partition for tp in positions if tp.offset < ends[tp.partition]}
+            consumer.unassign()
+    finally:
+        consumer.close()
+    return found
