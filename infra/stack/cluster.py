@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -42,9 +42,16 @@ class ClusterLayout:
     directory_ids: dict[int, str]
 
 
-def kafka_uuid() -> str:
-    """A random Kafka Uuid in its text form (22 characters of URL-safe base64)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def kafka_uuid(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A random Kafka Uuid in its text form (22 characters of URL-safe base64).
+
+    Never one starting with "-", as Kafka's own ``Uuid.randomUuid()``: ``kafka-storage format
+    -t -TDr8…`` reads such an id as an option and fails (1 cluster start in 64 did, in CI-like
+    runs of the chaos suite)."""
+    while True:
+        text = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def ensure_layout(config: StackConfig) -> ClusterLayout:

@@ -16,6 +16,7 @@ from connectors.kafka import make_admin, make_consumer, make_producer, make_tran
 from infra.stack.cluster import (
     busiest_broker,
     group_coordinator,
+    kafka_uuid,
     partition_leaders,
     quiet_admin,
     transaction_coordinator,
@@ -104,6 +105,14 @@ def test_no_stack_listens_in_the_ephemeral_port_range() -> None:
     offsets = (0, 200, CLUSTER_PORT_OFFSET, OWN_CLUSTER_PORT_OFFSET)
     ports = set().union(*(_ports_of(offset, 3) for offset in offsets))
     assert max(ports) < start, sorted(p for p in ports if p >= start)
+
+
+def test_cluster_and_directory_ids_never_start_with_a_dash() -> None:
+    """``kafka-storage format -t -TDr8…`` reads such an id as an option: 1 start in 64 failed."""
+    draws = iter([bytes([0xF8]) + bytes(15), bytes([0xF8]) + bytes(15), bytes(16)])
+    text = kafka_uuid(lambda: next(draws))
+    assert text == "AAAAAAAAAAAAAAAAAAAAAA"  # the two draws that began with "-" were skipped
+    assert all(not kafka_uuid().startswith("-") and len(kafka_uuid()) == 22 for _ in range(500))
 
 
 @_live
