@@ -321,9 +321,11 @@ def test_interactive_requests_overtake_a_batch_backlog(pipeline, codec) -> None:
 def test_backpressure_pauses_partitions_and_bounds_in_flight_work(pipeline, codec) -> None:
     max_in_flight = 4
     backlog = [sample_request() for _ in range(30)]
-    # ~0.1 s per batch of 2: the backlog takes about 1.5 s.
+    # ~0.3 s per batch of 2: the backlog takes about 4.5 s, several of the loop's lag updates
+    # (one a second). At 0.1 s a batch (1.5 s) the backlog could fall between two of them and
+    # the lag was never seen (a CI run).
     engine = CountingSimEngine(
-        max_batch_size=2, time_scale=0.1 / (0.6 * 2 * (64 * 64 / 1024**2) * 2**0.85)
+        max_batch_size=2, time_scale=0.3 / (0.6 * 2 * (64 * 64 / 1024**2) * 2**0.85)
     )
     publish(pipeline, codec, backlog)
     seen_paused, seen_in_flight, seen_lag = [], [], []
