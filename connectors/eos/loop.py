@@ -547,9 +547,11 @@ class EosLoop:
 
     def _requeue(self, checkpoint: Checkpoint) -> None:
         """Put a checkpoint's completions (of partitions still ours) back in front."""
-        keep = [c for c in checkpoint.completions if self._counts(c)]
-        if len(keep) < len(checkpoint.completions):
-            gone = [c for c in checkpoint.completions if not self._counts(c)]
+        keep: list[Completion] = []
+        gone: list[Completion] = []
+        for completion in checkpoint.completions:
+            (keep if self._counts(completion) else gone).append(completion)
+        if gone:
             self._discard(gone, "its transaction aborted after a partition moved")
         pending = self._pending
         pending.completions[:0] = keep

@@ -606,10 +606,8 @@ class TouchingHandler(EchoHandler):
             self.seen = set(outputs(self.broker))
 
 
-def test_work_discarded_with_a_revoked_partition_rewinds_the_state_it_touched() -> None:
-    """The direct path's dedupe entry must not outlive a completion that never commits: the
-    request would be answered DUPLICATE (no outcome) when its ingress partition's next owner
-    sends it back (CI lost one of 900 requests in a broker-kill run)."""
+def touching_loop_with_a_pending() -> tuple[StubBroker, TouchingHandler, EosLoop, StubConsumer]:
+    """Partitions 0 and 1 assigned; "a" on partition 0 handled, its completion pending."""
     broker = StubBroker()
     handler = TouchingHandler(broker)
     broker.committed[("group", STATE)] = (0, None)
@@ -617,6 +615,14 @@ def test_work_discarded_with_a_revoked_partition_rewinds_the_state_it_touched() 
     loop, consumer = make_loop(broker, handler, commit_interval_ms=10_000)
     consumer.assign([(IN, 0), STATE])
     run_turns(loop, 3)
+    return broker, handler, loop, consumer
+
+
+def test_work_discarded_with_a_revoked_partition_rewinds_the_state_it_touched() -> None:
+    """The direct path's dedupe entry must not outlive a completion that never commits: the
+    request would be answered DUPLICATE (no outcome) when its ingress partition's next owner
+    sends it back (CI lost one of 900 requests in a broker-kill run)."""
+    broker, handler, loop, consumer = touching_loop_with_a_pending()
     assert handler.seen == {b"a"} and outputs(broker) == Counter()
     # The revoke's hand-over commit fails (the broker is down): "a" is dropped uncommitted.
     broker.fail("commit_transaction", kafka_exception(KafkaError._FAIL, abort=True))
@@ -635,13 +641,7 @@ def test_work_that_touched_a_revoked_partition_is_redone_not_committed() -> None
     """The other way round: the touched partition leaves first. The completion must not commit
     (the new owner of partition 1 would not know its entry): its own partition is rewound and
     the message handled again — forwarded, now that partition 1 is someone else's."""
-    broker = StubBroker()
-    handler = TouchingHandler(broker)
-    broker.committed[("group", STATE)] = (0, None)
-    fill(broker, 0, [b"a"])
-    loop, consumer = make_loop(broker, handler, commit_interval_ms=10_000)
-    consumer.assign([(IN, 0), STATE])
-    run_turns(loop, 3)
+    broker, handler, loop, consumer = touching_loop_with_a_pending()
     broker.fail("commit_transaction", kafka_exception(KafkaError._FAIL, abort=True))
     consumer.revoke([STATE])
     run_turns(loop, 20)
