@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Self
 
-from schemas.coerce import set_frozen, to_utc
+from schemas.coerce import flat_fields, set_frozen, to_utc
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,7 +27,7 @@ class LatencySummary:
     max: int | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return flat_fields(self)
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> Self:

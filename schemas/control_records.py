@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Self
 
-from schemas.coerce import set_frozen, to_enum, to_utc, union_branch, uuid_str
+from schemas.coerce import flat_fields, set_frozen, to_enum, to_utc, union_branch, uuid_str
 
 
 class RequestState(StrEnum):
@@ -57,7 +57,7 @@ class IngressRef:
     offset: int
 
     def to_avro(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return flat_fields(self)
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> Self:

@@ -27,6 +27,7 @@ from f2p_errors import InvalidInput
 from schemas.analytics_records import AnalyticsWindow
 from schemas.catalog import full_name
 from schemas.coerce import (
+    flat_fields,
     float32,
     new_request_id,
     set_frozen,
@@ -89,7 +90,7 @@ class FaceImageRef:
     size_bytes: int
 
     def to_avro(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return flat_fields(self)
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> Self:
@@ -136,7 +137,7 @@ class RequestParams:
             set_frozen(self, "preset", to_enum(Preset, self.preset, "params.preset"))
 
     def to_avro(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = flat_fields(self)
         d["output_format"] = self.output_format.value
         d["preset"] = None if self.preset is None else self.preset.value
         return d
@@ -271,7 +272,7 @@ class ResultImage:
         set_frozen(self, "format", to_enum(ImageFormat, self.format, "images.format"))
 
     def to_avro(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = flat_fields(self)
         d["format"] = self.format.value
         return d
 
@@ -310,7 +311,7 @@ class StageTimings:
     steps_executed: int = 0
 
     def to_avro(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return flat_fields(self)
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> Self:
@@ -331,7 +332,7 @@ class ModelRef:
     preset: str | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return flat_fields(self)
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any]) -> Self:

@@ -201,13 +201,13 @@ def draw_image(request: EngineRequest, index: int = 0) -> Image.Image:
     rng = random.Random(_digest(f"image|{params.seed + index}|{request.prompt}"))
 
     # Step 1. A two-colour linear gradient in a seeded direction: coloured as a 1x256 strip,
-    # then stretched (one resize of a strip is the cheapest way to fill a large image).
+    # then stretched (one resize of a strip is the cheapest way to fill a large image). The
+    # strip is one C-level blend of two flat strips through the ramp: building per-channel
+    # lookup tables in Python cost ~80 us an image, half of drawing a 64x64 one.
     start, end = _colour(rng), _colour(rng)
-    channels = [
-        _RAMP.point([a + (b - a) * v // 255 for v in range(256)])
-        for a, b in zip(start, end, strict=True)
-    ]
-    strip = Image.merge("RGB", channels)
+    strip = Image.composite(
+        Image.new("RGB", (1, 256), end), Image.new("RGB", (1, 256), start), _RAMP
+    )
     direction = rng.choice(_DIRECTIONS)
     if direction is not None:
         strip = strip.transpose(direction)

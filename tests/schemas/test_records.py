@@ -21,7 +21,9 @@ from schemas.records import (
     InlineImage,
     Lane,
     RequestParams,
+    ResultImage,
     ResultStatus,
+    StageTimings,
 )
 
 SAMPLES = [*V1_SAMPLES.values(), *FULL_SAMPLES.values()]
@@ -108,6 +110,36 @@ def test_malformed_request_id_is_never_written() -> None:
     with pytest.raises(InvalidInput) as err:
         req.to_avro()
     assert (err.value.field, err.value.code) == ("request_id", "INVALID_REQUEST_ID")
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["{ID}", "{ID_UPPER}", "{{{ID}}}", "urn:uuid:{ID}", "{ID_HEX}"],
+)
+def test_request_id_is_written_in_canonical_form(written: str) -> None:
+    canonical = "0472ea59-5df0-4363-943f-6dbfb4df40be"
+    spelled = written.format(
+        ID=canonical, ID_UPPER=canonical.upper(), ID_HEX=canonical.replace("-", "")
+    )
+    req = dataclasses.replace(v1_request(), request_id=spelled)
+    assert req.to_avro()["request_id"] == canonical
+
+
+def test_flat_records_convert_to_a_new_dict_of_their_fields() -> None:
+    # The flat records' to_avro is a shallow field copy (not dataclasses.asdict's deep copy):
+    # the same content, and a new dict each time, so that a caller may change it.
+    image = ResultImage(
+        uri="s3://b/k", width=64, height=32, format="png", size_bytes=10, sha256="0" * 64
+    )
+    d = image.to_avro()
+    assert d == {
+        "uri": "s3://b/k", "width": 64, "height": 32, "format": "PNG", "size_bytes": 10,
+        "sha256": "0" * 64,
+    }  # fmt: skip
+    d["width"] = -1
+    assert image.to_avro()["width"] == 64
+    timings = StageTimings(queued_ms=1, engine_ms=20, total_ms=30)
+    assert timings.to_avro() == dataclasses.asdict(timings)
 
 
 def test_missing_face_is_never_written() -> None:
