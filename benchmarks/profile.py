@@ -33,9 +33,11 @@ def thread_kind(name: str) -> str:
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of ``pid``'s live threads by kind (threads that ended are not counted)."""
+    """CPU seconds of ``pid``'s live threads by kind (threads that ended are not counted), and
+    ``python_kernel``: the part of the Python threads' that the kernel spent for them (system
+    calls, futex wake-ups of thread hand-offs, the GIL's condition variable)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    totals = dict.fromkeys(THREAD_KINDS, 0.0)
+    totals = dict.fromkeys((*THREAD_KINDS, "python_kernel"), 0.0)
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
@@ -47,7 +49,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        totals[thread_kind(name)] += (int(fields[11]) + int(fields[12])) / ticks
+        user, kernel = int(fields[11]) / ticks, int(fields[12]) / ticks
+        kind = thread_kind(name)
+        totals[kind] += user + kernel
+        if kind == "python":
+            totals["python_kernel"] += kernel
     return totals
 
 

@@ -174,6 +174,8 @@ def _control(bench: Bench, sizes: Sizes, report: Report, console: Console) -> No
         ("CPU per request: worker without the engine", "ms",
          "worker_without_engine_cpu_ms_per_request", 1, "≤ 1"),
         ("  of which Python threads", "ms", "worker_python_cpu_ms_per_request", 1, ""),
+        ("    of which in the kernel (syscalls, thread wake-ups)", "ms",
+         "worker_python_kernel_cpu_ms_per_request", 1, ""),
         ("  of which librdkafka threads", "ms", "worker_librdkafka_cpu_ms_per_request", 1, ""),
         ("  of which obstore runtime", "ms", "worker_obstore_cpu_ms_per_request", 1, ""),
         ("CPU per request: Kafka broker", "ms", "kafka_cpu_ms_per_request", 1, "≤ 1"),
