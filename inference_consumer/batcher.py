@@ -58,11 +58,11 @@ class _LaneQueue:
         """Up to ``limit`` entries with ``key``, the partitions in turn, each in its order."""
         if limit <= 0 or not self.keys[key]:
             return []
-        matching = {
-            tp: deque(entry for entry in queue if entry[1] == key)
-            for tp, queue in self.partitions.items()
-        }
-        matching = {tp: entries for tp, entries in matching.items() if entries}
+        matching: dict[TP, deque[_Entry]] = {}
+        for tp, queue in self.partitions.items():
+            entries = deque(entry for entry in queue if entry[1] == key)
+            if entries:
+                matching[tp] = entries
         taken: list[_Entry] = []
         while matching and len(taken) < limit:
             tp = min(matching, key=lambda tp: (self.turns[tp], matching[tp][0][0]))

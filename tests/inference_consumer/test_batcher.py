@@ -189,36 +189,35 @@ def where(batch: list[WorkItem]) -> list[tuple[int, int]]:
     return [(i.partition, i.offset) for i in batch]
 
 
+def queue_backlogs(b: RequestBatcher, backlogs: dict[int, range]) -> None:
+    """Queue each partition's offsets on the batch lane, one partition after the other."""
+    for partition, offsets_of_partition in backlogs.items():
+        for offset in offsets_of_partition:
+            b.put(item(offset, partition=partition), "batch")
+
+
 def test_a_partitions_backlog_does_not_hold_back_a_partition_queued_after_it() -> None:
     # A failover's heir: partition 6's backlog reaches the batcher a moment before 7's. The
     # partitions take turns; each keeps its own order.
     b = batcher(max_batch_size=4)
-    for offset in range(8):
-        b.put(item(offset, partition=6), "batch")
-    for offset in range(8):
-        b.put(item(100 + offset, partition=7), "batch")
+    queue_backlogs(b, {6: range(8), 7: range(100, 108)})
     assert where(b.next_batch(0.1)) == [(6, 0), (7, 100), (6, 1), (7, 101)]
     assert where(b.next_batch(0.1)) == [(6, 2), (7, 102), (6, 3), (7, 103)]
 
 
 def test_partitions_take_turns_one_request_at_a_time() -> None:
     b = batcher(max_batch_size=1)
-    for offset in range(6):
-        b.put(item(offset, partition=0), "batch")
-    for offset in range(3):
-        b.put(item(10 + offset, partition=1), "batch")
+    queue_backlogs(b, {0: range(6), 1: range(10, 13)})
     order = [where(b.next_batch(0.1))[0] for _ in range(9)]
     assert order == [(0, 0), (1, 10), (0, 1), (1, 11), (0, 2), (1, 12), (0, 3), (0, 4), (0, 5)]
 
 
 def test_a_partition_that_was_idle_gets_no_credit_for_it() -> None:
     b = batcher(max_batch_size=1)
-    for offset in range(20):
-        b.put(item(offset, partition=0), "batch")
+    queue_backlogs(b, {0: range(20)})
     for _ in range(10):
         b.next_batch(0.1)  # partition 0 runs alone: partition 1 is owed nothing later
-    for offset in range(10):
-        b.put(item(100 + offset, partition=1), "batch")
+    queue_backlogs(b, {1: range(100, 110)})
     order = [b.next_batch(0.1)[0].partition for _ in range(10)]
     assert order.count(1) == 5, order  # turns alternate, no burst of partition 1
 
