@@ -635,11 +635,19 @@ class EosLoop:
                 if state is not None:
                     self._restore_failed([state], error)
         still = 0
+        restored: list[tuple[str, int, int | None, int]] = []
         for state in self.assignment.restoring():
             if state.restore_point is not None and self.handler.ready(state.tp):
                 self._activate(state)
+                if state.phase is Phase.ACTIVE:
+                    offsets = state.offsets
+                    restored.append((state.topic, state.partition, offsets.base, len(offsets.done)))
             still += state.phase is Phase.RESTORING
         self._restoring = still > 0
+        if restored:
+            # Where each partition resumes (commit point, offsets done above it): the first
+            # thing to know when a request goes missing.
+            log.info("partitions restored", extra={"points": restored[:50]})
 
     def _activate(self, state: PartitionState) -> None:
         point = state.restore_point

@@ -5,11 +5,25 @@ Errors are sorted into librdkafka's three bins (``examples/transactions.c``):
 * retriable: call the same operation again. A commit that timed out may still complete at the
   coordinator, so it is *finished* on a later turn (``finish``) — never aborted, never treated as
   fatal (a broker failover can take longer than any single call's timeout);
-* abortable (``txn_requires_abort``): abort; the completions can be written again;
+* abortable (``txn_requires_abort``, or retriable while sending): the transaction failed; the
+  completions can be written again, but never by this producer instance (below);
 * anything else is fatal for this producer: it is replaced (``init_transactions`` with the same
   ``transactional.id`` fences the old epoch) and the caller rewinds to the committed offsets.
 
-No call blocks the poll thread without a bound: initialising, aborting and finishing are retried
+A failed transaction's producer is replaced, not aborted and reused. librdkafka has no KIP-890
+(transactions v2, confluentinc/librdkafka#5423): after an abort the next transaction runs under
+the same producer epoch, so a request of the failed one that the client gave up on but the
+broker applies late — a produce or a TxnOffsetCommit delayed during a coordinator or leader
+failover — lands in the next transaction and commits with it: an output of aborted work, or a
+consumer offset past work whose outputs were aborted (a lost request). A new instance's
+``init_transactions`` bumps the epoch, which fences every request of the old one and aborts its
+open transaction at the coordinator. This is the workaround the librdkafka maintainers describe
+for the missing KIP-890; it costs one InitProducerId per failed transaction (failovers only).
+Records the client refuses before sending them are the exception (nothing was sent for them,
+the rest is drained by the abort): the transaction is aborted and the producer reused. A record
+the broker refuses leaves a gap in the idempotent sequence, which needs a new epoch anyway.
+
+No call blocks the poll thread without a bound: initialising, replacing and finishing are retried
 turn after turn with short timeouts (``prepare``/``finish``), while the loop keeps polling.
 
 Records the broker refuses for good (too large, invalid) are reported as ``RecordRefused`` with
@@ -72,7 +86,9 @@ class State(Enum):
     NEW = "new"  # init_transactions not done yet
     READY = "ready"  # may begin a transaction
     COMMITTING = "committing"  # commit_transaction started, outcome not known yet
-    MUST_ABORT = "must_abort"  # an abortable error: abort before the next transaction
+    # Records were refused for good (every request answered): abort, then reuse the producer.
+    MUST_ABORT = "must_abort"
+    FAILED = "failed"  # the transaction failed otherwise: replace the producer before the next
     BROKEN = "broken"  # fatal: replace the producer
 
 
@@ -105,10 +121,11 @@ class TransactionalProducer:
     def prepare(self, budget_s: float) -> bool:
         """Bring the producer to READY if possible within about ``budget_s``; False if not yet.
 
-        NEW → init_transactions; MUST_ABORT → abort_transaction; BROKEN → a new producer.
-        Retriable failures leave the state as it is for the next turn.
+        NEW → init_transactions; MUST_ABORT → abort_transaction; FAILED or BROKEN → a new
+        producer (then init_transactions). Retriable failures leave the state as it is for the
+        next turn.
         """
-        if self.state is State.BROKEN:
+        if self.state in (State.FAILED, State.BROKEN):
             self._replace()
         timeout = max(0.1, min(budget_s, self.call_timeout_s))
         try:
@@ -156,8 +173,8 @@ class TransactionalProducer:
     ) -> None:
         """Step 1-3 of a commit: begin, produce every record, send the input offsets.
 
-        Raises RecordRefused (some records can never be written; the transaction is aborted or
-        must be), TransactionAborted (abortable) or ProducerFenced (fatal).
+        Raises RecordRefused (some records can never be written), TransactionAborted (the
+        transaction failed; the producer is replaced before the next) or ProducerFenced (fatal).
         """
         assert self.state is State.READY, self.state
         self._delivery_errors = {}
@@ -171,7 +188,11 @@ class TransactionalProducer:
                 if error is not None:
                     refused[index] = error
             if refused:
+                # Refused by the client before sending: nothing of them is on the wire and the
+                # abort drains the rest, so reusing the producer is safe (and cheaper than a new
+                # one for a flood of such records).
                 self.state = State.MUST_ABORT
+                self.prepare(self.call_timeout_s)  # abort now if the broker lets us
                 raise RecordRefused(refused)
             # Step 3.
             if offsets:
@@ -245,16 +266,21 @@ class TransactionalProducer:
                 raise
 
     def _sort(self, exc: KafkaException, doing: str) -> None:
-        """Raise the exception of ``exc``'s bin, after aborting when it requires an abort."""
+        """Raise the exception of ``exc``'s bin; a failed transaction's producer is replaced on
+        the next ``prepare`` (the module's docstring: a request of the failed transaction may
+        still land)."""
         error = kafka_error(exc)
         refused = self.refused_deliveries()
         # Retriable while sending (a coordinator moving, a broker restarting): not the
-        # producer's fault; abort and write the completions again later (issue 7: a timed-out
-        # send_offsets_to_transaction used to replace the producer and rewind everything).
+        # producer's fault; the completions are written again later, without a rewind (issue
+        # 7: a timed-out send_offsets_to_transaction used to rewind everything).
         if error is not None and (error.txn_requires_abort() or is_retriable(exc)):
-            log.warning("transaction must be aborted (%s): %s", doing, error)
-            self.state = State.MUST_ABORT
-            self.prepare(self.call_timeout_s)  # abort now if the broker lets us
+            log.warning(
+                "transaction failed (%s): %s; a new producer (new epoch) writes it again",
+                doing,
+                error,
+            )
+            self.state = State.FAILED
             if refused:
                 raise RecordRefused(refused) from exc
             raise TransactionAborted(str(error)) from exc
@@ -268,7 +294,10 @@ class TransactionalProducer:
         self.state = State.BROKEN
 
     def _replace(self) -> None:
-        """A new producer with the same transactional.id (its init fences the old epoch)."""
+        """A new producer with the same transactional.id: the old one is destroyed first, then
+        the new one's init (next in ``prepare``) bumps the epoch, fencing whatever the old one
+        still had on the wire and aborting its open transaction."""
+        started = time.monotonic()
         old = self.producer
         self.producer = self._create()
         self.recreated += 1
@@ -276,6 +305,10 @@ class TransactionalProducer:
         with contextlib.suppress(Exception):  # the old one is broken anyway
             old.purge()
         del old  # destroyed here unless it was abandoned (then the reaper holds it)
+        log.info(
+            "producer replaced",
+            extra={"replaced": self.recreated, "ms": round((time.monotonic() - started) * 1000)},
+        )
 
     def _abandon(self) -> None:
         """Give up a producer whose call is wedged: destroy it on a reaper thread (librdkafka's
@@ -316,7 +349,9 @@ class TransactionalProducer:
     def close(self, timeout_s: float = 5.0) -> None:
         if self.producer is not None:
             with contextlib.suppress(Exception):
-                if self.state is State.MUST_ABORT:
+                if self.state in (State.FAILED, State.MUST_ABORT):
+                    # Nothing follows on this producer: aborting now spares the partitions' next
+                    # owner the wait for the transaction's timeout.
                     self.producer.abort_transaction(timeout_s)
                 self.producer.flush(timeout_s)
         self._caller.stop()

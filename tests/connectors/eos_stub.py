@@ -75,6 +75,11 @@ class StubBroker:
     # Max record size (key + value) the "broker" accepts per topic.
     max_record_bytes: dict[str, int] = field(default_factory=dict)
     transactions_committed: int = 0
+    # A failed send_offsets_to_transaction's TxnOffsetCommit reaches the group coordinator
+    # late, after the abort, and commits with the next transaction of the same producer
+    # instance: what Kafka allows a client without KIP-890 (librdkafka), whose next transaction
+    # runs under the same epoch. A new instance (a new epoch) fences it.
+    late_requests: bool = False
 
     def append(
         self,
@@ -283,6 +288,8 @@ class StubProducer:
         self.in_txn = False
         self.initialised = False
         self.aborts = 0
+        # Offsets of a failed send_offsets that land late (``StubBroker.late_requests``).
+        self.late_offsets: list[tuple[str, TopicPartition]] = []
 
     def init_transactions(self, timeout: float = -1) -> None:
         self.broker.maybe_fail("init_transactions")
@@ -302,8 +309,13 @@ class StubProducer:
 
     def send_offsets_to_transaction(self, offsets, group_metadata, timeout=-1) -> None:
         assert self.in_txn
-        self.broker.maybe_fail("send_offsets_to_transaction")
         group_id = group_metadata[0]
+        try:
+            self.broker.maybe_fail("send_offsets_to_transaction")
+        except KafkaException:
+            if self.broker.late_requests:
+                self.late_offsets = [(group_id, tp) for tp in offsets]
+            raise
         self.staged_offsets.extend((group_id, tp) for tp in offsets)
 
     def commit_transaction(self, timeout: float = -1) -> None:
@@ -327,8 +339,10 @@ class StubProducer:
             touched.add((topic, partition))
         for tp in touched:
             self.broker.logs[tp].append(None)  # the commit marker occupies an offset
-        for group_id, tp in self.staged_offsets:
+        # A late request of a failed transaction lands after this one's own offsets.
+        for group_id, tp in self.staged_offsets + self.late_offsets:
             self.broker.committed[(group_id, (tp.topic, tp.partition))] = (tp.offset, tp.metadata)
+        self.late_offsets = []
         self.broker.transactions_committed += 1
         self.in_txn = False
         self.staged, self.staged_offsets = [], []

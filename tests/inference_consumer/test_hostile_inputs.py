@@ -165,7 +165,9 @@ def _face_case(corpus: Corpus) -> str | None:
 def test_a_dead_letter_the_broker_refuses_is_replaced_not_retried(pipeline, codec, admin) -> None:
     """Whatever the bounds, a broker may still refuse a letter (a DLQ with a smaller limit):
     the loop writes the message's minimal fallback letter instead, once, and moves on — no abort
-    and rewind loop, no producer replaced, the canaries behind it answered (issue 7, item 1)."""
+    and rewind loop, no fatal error, the canaries behind it answered (issue 7, item 1). The
+    refused record left a gap in the producer's idempotent sequence: one new producer (a new
+    epoch) writes the fallback."""
     dlq = pipeline.topics.dlq
     set_topic_config(admin, dlq, "max.message.bytes", str(64 * 1024))
     lane, ingress = pipeline.topics.lanes_batch, pipeline.topics.requests_batch
@@ -188,7 +190,7 @@ def test_a_dead_letter_the_broker_refuses_is_replaced_not_retried(pipeline, code
         assert worker.healthy() and admission.healthy()
         assert metric(worker, "f2p_worker_transactions_total", outcome="refused") == 1
         assert metric(worker, "f2p_worker_transactions_total", outcome="fatal") == 0
-        assert metric(worker, "f2p_worker_producers_created_total") == 1
+        assert metric(worker, "f2p_worker_producers_created_total") == 2
     assert {r.request_id: str(r.status) for r in results} == dict.fromkeys(corpus.result_ids, "OK")
     assert len(letters.letters) == 2
     for letter, case in zip(

@@ -17,30 +17,53 @@ from infra.stack.exceptions import PortInUse
 from infra.stack.launcher import stack_down, stack_status, stack_up
 from infra.stack.processes import ensure_port_free
 from infra.stack.state import read_state
+from tests.conftest import CLUSTER_PORT_OFFSET
 
 pytestmark = pytest.mark.integration
 
 
+def _stack_ports(ports: StackPorts, brokers: int = 3) -> set[int]:
+    """Every port a stack on ``ports`` may listen on: each Kafka node's, the others', and
+    SeaweedFS's gRPC ports (+ 10000; S3's too)."""
+    taken = {p for n in range(1, brokers + 1) for p in ports.kafka_node(n)}
+    for name, port in ports.__dict__.items():
+        taken.add(port)
+        if "seaweed" in name or name == "s3":
+            taken.add(port + 10000)
+    return taken
+
+
 def _free_ports() -> StackPorts:
-    """The session stack's ports shifted by an offset at which all of them (and SeaweedFS's
-    gRPC ports, + 10000) are free now: other engineers run second stacks at fixed offsets.
+    """The session stack's ports shifted by an offset at which all of them are free now and
+    none is a port of the suite's fixed-offset stacks (the main stack, the lifecycle test's at
+    + 200, the session's 3-broker cluster, test_cluster's own at + 700), which may start after
+    this choice: other engineers run second stacks at fixed offsets too.
     Offsets stop short of 3400: SeaweedFS's highest gRPC port (master, 29333) stays below the
     kernel's ephemeral range (32768), where an outgoing connection could take it later."""
-    base = load_stack_config().ports.__dict__
+    main = load_stack_config().ports
+    reserved = set().union(
+        *(_stack_ports(main.shifted(o)) for o in (0, 200, CLUSTER_PORT_OFFSET, 700))
+    )
     for offset in random.Random().sample(range(300, 3400, 7), 40):
-        ports = {k: v + offset for k, v in base.items()}
-        wanted = list(ports.values()) + [v + 10000 for k, v in ports.items() if "seaweed" in k]
-        wanted.append(ports["s3"] + 10000)
+        ports = main.shifted(offset)
+        wanted = _stack_ports(ports, brokers=1)
+        if wanted & reserved:
+            continue
         try:
             for port in wanted:
                 ensure_port_free(port, component="probe")
         except PortInUse:
             continue
-        return StackPorts(**ports)
+        return ports
     raise AssertionError("no free port offset found")
 
 
-PORTS = _free_ports()
+@pytest.fixture
+def ports() -> StackPorts:
+    """Chosen when the test runs, not when the module is collected: the session's 3-broker
+    cluster (and any stack a test before this one started) takes its ports later than
+    collection, and CI twice found an offset chosen at collection taken by then."""
+    return _free_ports()
 
 
 def _get(url: str) -> dict:
@@ -48,8 +71,8 @@ def _get(url: str) -> dict:
         return json.loads(response.read())
 
 
-def test_status_lists_monitoring_only_when_started(tmp_path: Path) -> None:
-    status = stack_status(StackConfig(state_dir=tmp_path, ports=PORTS), probe=False)
+def test_status_lists_monitoring_only_when_started(tmp_path: Path, ports: StackPorts) -> None:
+    status = stack_status(StackConfig(state_dir=tmp_path, ports=ports), probe=False)
     assert set(status["components"]) == {"kafka", "s3", "registry"}
 
 
@@ -68,13 +91,13 @@ def test_targets_are_files_prometheus_reads(tmp_path: Path) -> None:
 
 
 def test_up_with_monitoring_scrapes_and_down_stops_everything(
-    tmp_path: Path, stack_settings, monkeypatch
+    tmp_path: Path, stack_settings, monkeypatch, ports: StackPorts
 ) -> None:
     monkeypatch.setenv("F2P_STACK_PROMETHEUS_SCRAPE_S", "1")
     main = load_stack_config()
     config = StackConfig(
         state_dir=tmp_path / "stack",
-        ports=PORTS,
+        ports=ports,
         kafka_heap="384m",
         registry_heap="192m",
         shared_lib_dir=main.lib_dir,
@@ -83,12 +106,12 @@ def test_up_with_monitoring_scrapes_and_down_stops_everything(
         report = stack_up(config, optional=("monitoring",))
         assert report.actions["prometheus"] == "started"
         assert report.actions["lag-exporter"] == "started"
-        prometheus = f"http://127.0.0.1:{PORTS.prometheus}"
+        prometheus = f"http://127.0.0.1:{ports.prometheus}"
         # The project's rules are loaded.
         groups = {g["name"] for g in _get(f"{prometheus}/api/v1/rules")["data"]["groups"]}
         assert {"f2p-recording", "f2p-alerts"} <= groups
         # A registered process is discovered and scraped: the lag exporter itself, as a target.
-        register_target(config.state_dir, name="probe", job="f2p-worker", port=PORTS.lag_exporter)
+        register_target(config.state_dir, name="probe", job="f2p-worker", port=ports.lag_exporter)
 
         def up(job: str) -> bool:
             query = f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22{job}%22%7D"
