@@ -17,7 +17,7 @@ from eos_stub import StubBroker, StubConsumer, StubProducer, kafka_exception
 
 from connectors.eos.loop import EosLoop, LoopConfig
 from connectors.eos.offsets import decode_done, encode_done
-from connectors.eos.producer import TransactionalProducer
+from connectors.eos.producer import RecordRefused, TransactionalProducer
 from connectors.eos.records import TP, Completion, MessageRef, OutputRecord, Touched
 
 IN = "in"
@@ -239,6 +239,21 @@ def test_a_failed_transactions_late_request_cannot_commit_with_a_later_one() -> 
     run_turns(loop)
     assert outputs(broker) == Counter({b"a": 1, b"b": 1})
     assert broker.committed[("group", (IN, 0))][0] == 2
+
+
+def test_a_record_refused_before_sending_aborts_and_keeps_the_producer() -> None:
+    """The one failure after which the producer is reused: the client refused a record before
+    sending it (nothing of it on the wire), so an abort is enough — a flood of such records
+    costs no new producers."""
+    broker = StubBroker()
+    producer = TransactionalProducer(lambda: StubProducer(broker), transactional_id="t-1")
+    assert producer.prepare(1.0)
+    first = producer.producer
+    broker.fail("produce", kafka_exception(KafkaError.MSG_SIZE_TOO_LARGE))
+    with pytest.raises(RecordRefused):
+        producer.begin_and_send([OutputRecord(OUT, b"x")], [], ("group",))
+    assert producer.ready and producer.producer is first and first.aborts == 1
+    assert producer.recreated == 0
 
 
 def test_a_commit_that_times_out_is_finished_later_not_redone() -> None:
