@@ -359,8 +359,14 @@ class EosLoop:
                 log.warning("consumer error: %s", error)
             return 0
         state = self.assignment.get((message.topic(), message.partition()))
-        if state is None or state.phase is not Phase.ACTIVE:
-            return 0  # revoked meanwhile, or a fetch from before a rewind: delivered again
+        if state is None:
+            return 0  # revoked meanwhile
+        if state.phase is not Phase.ACTIVE:
+            # A fetch from before a rewind, or one that beat the pause of a fresh assignment:
+            # the consumer's position has passed it, so the activation must seek back to the
+            # commit point (without that seek it would never be delivered again).
+            state.must_seek = True
+            return 0
         offset = message.offset()
         if not state.offsets.polled(offset):
             return 1  # done before a restart or rewind: its outputs are committed

@@ -136,6 +136,9 @@ class StubConsumer:
         # offset, they are never fetched, and a seek on them fails with _STATE.
         self.offset_fetch_lost: set[TP] = set()
         self.not_fetching: set[TP] = set()
+        # Partitions that deliver one message although paused: a fetch response already queued
+        # when the pause came (then they leave the set).
+        self.queued_before_pause: set[TP] = set()
         self.stats_cb: Callable[[str], None] | None = None
 
     def configure(self, config: dict[str, Any]) -> StubConsumer:
@@ -232,8 +235,12 @@ class StubConsumer:
 
     def _next(self) -> StubMessage | None:
         for key in self.assigned:
-            if key in self.paused or key in self.not_fetching:
+            if key in self.not_fetching:
                 continue
+            if key in self.paused:
+                if key not in self.queued_before_pause:
+                    continue
+                self.queued_before_pause.discard(key)
             log = self.broker.logs[key]
             start = position = self.positions.get(key, 0)
             while position < len(log) and log[position] is None:

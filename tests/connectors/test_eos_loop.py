@@ -256,6 +256,25 @@ def test_a_record_refused_before_sending_aborts_and_keeps_the_producer() -> None
     assert producer.recreated == 0
 
 
+def test_a_message_delivered_before_the_partition_is_restored_is_delivered_again() -> None:
+    """A freshly assigned partition is paused until its commit point is known, but a fetch
+    response already queued can still deliver a message. The loop drops it (nothing is known
+    yet) and must seek back at activation: the consumer's position has passed it, and without
+    the seek "a" was never delivered again while "b" committed the offset past it."""
+    broker, handler = StubBroker(), EchoHandler()
+    fill(broker, 0, [b"a", b"b"])
+    broker.committed[("group", (IN, 0))] = (0, None)
+    broker.fail("committed", kafka_exception(KafkaError._TIMED_OUT, retriable=True))
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    consumer.queued_before_pause.add((IN, 0))
+    loop.turn()  # assigned; the restore read times out; "a" arrives anyway and is dropped
+    assert handler.handled == []
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"a": 1, b"b": 1})
+    assert broker.committed[("group", (IN, 0))][0] == 2
+
+
 def test_a_commit_that_times_out_is_finished_later_not_redone() -> None:
     broker, handler = StubBroker(), EchoHandler()
     fill(broker, 0, [b"a"])
