@@ -28,6 +28,9 @@ class Checkpoint:
     side_records: list[OutputRecord] = field(default_factory=list)
     # Set by ``start``: what the transaction commits per partition (offset, generation).
     offsets: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    # commit_transaction timed out at least once: if it then fails, whether it landed is not
+    # known (librdkafka: "EndTxn(commit) may have succeeded").
+    commit_timed_out: bool = False
 
     def add(self, completion: Completion) -> None:
         self.completions.append(completion)
@@ -90,6 +93,7 @@ class Checkpoint:
         still ours, in the same generation). False: not finished yet, call again."""
         # Step 3.
         if not producer.finish(budget_s):
+            self.commit_timed_out = True
             return False
         # Step 4.
         for tp, (offset, generation) in self.offsets.items():

@@ -532,7 +532,12 @@ class EosLoop:
         elif isinstance(exc, TransactionAborted):
             self.metrics.transaction("aborted")
             self._aborts_in_row += 1
-            if self._aborts_in_row > self.config.max_aborts_in_row:
+            if checkpoint.commit_timed_out:
+                # A commit that timed out and then failed may still have landed: writing the
+                # completions again could duplicate them; the committed state decides.
+                self._aborts_in_row = 0
+                self.rewind(f"commit outcome unknown after a timeout: {exc}")
+            elif self._aborts_in_row > self.config.max_aborts_in_row:
                 self._aborts_in_row = 0
                 self.rewind(f"{self.config.max_aborts_in_row + 1} aborts in a row: {exc}")
             else:

@@ -126,7 +126,11 @@ class TransactionalProducer:
         next turn.
         """
         if self.state in (State.FAILED, State.BROKEN):
-            self._replace()
+            try:
+                self._replace()
+            except Exception as exc:  # a new client could not be made: try again next turn
+                self._not_ready(exc)
+                return False
         timeout = max(0.1, min(budget_s, self.call_timeout_s))
         try:
             if self.state is State.NEW:
@@ -145,7 +149,7 @@ class TransactionalProducer:
         self._unready_since = None
         return self.state is State.READY
 
-    def _not_ready(self, exc: KafkaException) -> None:
+    def _not_ready(self, exc: BaseException) -> None:
         """Say (every 10 s at most) that the producer has been waiting to become ready."""
         now = time.monotonic()
         if self._unready_since is None:
@@ -204,7 +208,7 @@ class TransactionalProducer:
                     timeout_s=self.call_timeout_s + WEDGED_GRACE_S,
                 )
         except _Wedged as exc:
-            self._abandon()
+            self._abandon(exc.slot)
             raise ProducerWedged(str(exc)) from None
         except KafkaException as exc:
             self._sort(exc, "sending")
@@ -310,9 +314,10 @@ class TransactionalProducer:
             extra={"replaced": self.recreated, "ms": round((time.monotonic() - started) * 1000)},
         )
 
-    def _abandon(self) -> None:
-        """Give up a producer whose call is wedged: destroy it on a reaper thread (librdkafka's
-        destroy may block as long as the wedged call), and go on with a new one."""
+    def _abandon(self, call: _Slot) -> None:
+        """Give up a producer whose ``call`` is wedged: destroy it on a reaper thread once the
+        call returns (the call's thread holds the producer until then), and go on with a new
+        one, whose init fences whatever the old one still sends."""
         with self._abandoned_lock:
             if self._abandoned_live >= MAX_ABANDONED:
                 raise ProcessorFatal(
@@ -328,11 +333,14 @@ class TransactionalProducer:
         holder = [wedged]
         del wedged
         threading.Thread(
-            target=self._reap, args=(holder,), name="producer-reaper", daemon=True
+            target=self._reap, args=(holder, call), name="producer-reaper", daemon=True
         ).start()
 
-    def _reap(self, holder: list[Any]) -> None:
+    def _reap(self, holder: list[Any], call: _Slot) -> None:
         try:
+            # Counted as live until the wedged call has returned: until then its thread holds
+            # the producer, and ``del`` below would free nothing (MAX_ABANDONED must see it).
+            call.done.wait()
             producer = holder.pop()
             with contextlib.suppress(Exception):
                 producer.purge()
@@ -353,12 +361,18 @@ class TransactionalProducer:
                     # Nothing follows on this producer: aborting now spares the partitions' next
                     # owner the wait for the transaction's timeout.
                     self.producer.abort_transaction(timeout_s)
+                elif self.state is State.NEW and self.recreated:
+                    # A failed transaction's successor not initialised yet: its init fences the
+                    # old epoch and aborts that transaction now, not at its timeout.
+                    self.producer.init_transactions(timeout_s)
                 self.producer.flush(timeout_s)
         self._caller.stop()
 
 
 class _Wedged(Exception):
-    pass
+    def __init__(self, message: str, slot: _Slot) -> None:
+        super().__init__(message)
+        self.slot = slot
 
 
 class _BoundedCaller:
@@ -379,7 +393,7 @@ class _BoundedCaller:
         self._requests.put((fn, slot))
         if not slot.done.wait(timeout_s):
             log.error("%s blocked for %.0f s: giving up its producer", what, timeout_s)
-            raise _Wedged(f"{what} did not return in {timeout_s:.0f} s")
+            raise _Wedged(f"{what} did not return in {timeout_s:.0f} s", slot)
         if slot.error is not None:
             raise slot.error
 

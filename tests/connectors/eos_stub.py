@@ -80,6 +80,8 @@ class StubBroker:
     # instance: what Kafka allows a client without KIP-890 (librdkafka), whose next transaction
     # runs under the same epoch. A new instance (a new epoch) fences it.
     late_requests: bool = False
+    # Transactions that committed a late request of a failed one (the hazard above).
+    late_commits: int = 0
 
     def append(
         self,
@@ -349,10 +351,14 @@ class StubProducer:
         # A late request of a failed transaction lands after this one's own offsets.
         for group_id, tp in self.staged_offsets + self.late_offsets:
             self.broker.committed[(group_id, (tp.topic, tp.partition))] = (tp.offset, tp.metadata)
+        self.broker.late_commits += bool(self.late_offsets)
         self.late_offsets = []
         self.broker.transactions_committed += 1
         self.in_txn = False
         self.staged, self.staged_offsets = [], []
+        # The commit landed, yet the client reports an error (librdkafka: "EndTxn(commit) may
+        # have succeeded" after a timeout).
+        self.broker.maybe_fail("commit_landed")
 
     def abort_transaction(self, timeout: float = -1) -> None:
         self.broker.maybe_fail("abort_transaction")

@@ -12,9 +12,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, TopicPartition
 from eos_stub import StubBroker, StubConsumer, StubProducer, kafka_exception
 
+from connectors.eos.exceptions import ProcessorFatal, ProducerWedged
 from connectors.eos.loop import EosLoop, LoopConfig
 from connectors.eos.offsets import decode_done, encode_done
 from connectors.eos.producer import RecordRefused, TransactionalProducer
@@ -239,6 +240,27 @@ def test_a_failed_transactions_late_request_cannot_commit_with_a_later_one() -> 
     run_turns(loop)
     assert outputs(broker) == Counter({b"a": 1, b"b": 1})
     assert broker.committed[("group", (IN, 0))][0] == 2
+    assert broker.late_commits == 0
+
+
+def test_after_one_failed_transaction_the_retry_runs_on_a_new_producer() -> None:
+    """One failed send_offsets, then the completions are written again at once (no rewind): the
+    retry must not run on the failed transaction's producer, whose late request would commit
+    with it (``StubBroker.late_requests``)."""
+    broker, handler = StubBroker(late_requests=True), EchoHandler()
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 3)
+    failed = loop.producer.producer
+    broker.fail(
+        "send_offsets_to_transaction", kafka_exception(KafkaError._TRANSPORT, retriable=True)
+    )
+    fill(broker, 0, [b"a", b"b"])
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"a": 1, b"b": 1})
+    assert handler.handled == [b"a", b"b"]  # written again, not redone
+    assert broker.late_commits == 0
+    assert loop.producer.producer is not failed
 
 
 def test_a_record_refused_before_sending_aborts_and_keeps_the_producer() -> None:
@@ -273,6 +295,58 @@ def test_a_message_delivered_before_the_partition_is_restored_is_delivered_again
     run_turns(loop)
     assert outputs(broker) == Counter({b"a": 1, b"b": 1})
     assert broker.committed[("group", (IN, 0))][0] == 2
+
+
+def test_a_commit_that_timed_out_and_then_failed_is_judged_by_the_committed_state() -> None:
+    """commit_transaction times out, and the retry reports an abortable error although the
+    commit landed (librdkafka's EndTxn "may have succeeded"). Writing the completions again
+    would duplicate them; a rewind reads the committed offsets and redoes nothing."""
+    broker, handler = StubBroker(), EchoHandler()
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 3)  # assigned, restored, start position committed
+    broker.fail("commit_transaction", kafka_exception(KafkaError._TIMED_OUT, retriable=True))
+    broker.fail("commit_landed", kafka_exception(KafkaError._FAIL, abort=True))
+    fill(broker, 0, [b"a"])
+    run_turns(loop)
+    assert outputs(broker) == Counter({b"a": 1})
+    assert handler.handled == [b"a"]
+    assert (IN, 0) in handler.forgotten  # rewound, then restored past "a"
+
+
+def test_a_wedged_producer_counts_as_live_until_its_call_returns(monkeypatch) -> None:
+    """A producer whose send_offsets never returns is abandoned and replaced; it stays counted
+    until that call returns (its thread holds the producer: destroying it earlier frees
+    nothing), so a fourth wedge in a row ends the process instead of leaking producers and
+    threads without bound."""
+    import connectors.eos.producer as producer_module
+
+    monkeypatch.setattr(producer_module, "WEDGED_GRACE_S", 0.0)
+    gate = threading.Event()
+
+    class WedgingProducer(StubProducer):
+        def send_offsets_to_transaction(self, offsets, group_metadata, timeout=-1) -> None:
+            gate.wait()
+
+    producer = TransactionalProducer(
+        lambda: WedgingProducer(StubBroker()), transactional_id="t-1", call_timeout_s=0.05
+    )
+    offsets = [TopicPartition(IN, 0, 1)]
+    try:
+        for _ in range(3):
+            assert producer.prepare(1.0)
+            with pytest.raises(ProducerWedged):
+                producer.begin_and_send([], offsets, ("group",))
+        assert producer.abandoned_live == 3
+        assert producer.prepare(1.0)
+        with pytest.raises(ProcessorFatal):
+            producer.begin_and_send([], offsets, ("group",))
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 10
+    while producer.abandoned_live and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert producer.abandoned_live == 0  # freed once their calls returned
 
 
 def test_a_commit_that_times_out_is_finished_later_not_redone() -> None:
