@@ -86,7 +86,8 @@ class State(Enum):
     NEW = "new"  # init_transactions not done yet
     READY = "ready"  # may begin a transaction
     COMMITTING = "committing"  # commit_transaction started, outcome not known yet
-    # Records were refused for good (every request answered): abort, then reuse the producer.
+    # The client refused records before sending them (nothing of them on the wire): abort,
+    # then reuse the producer.
     MUST_ABORT = "must_abort"
     FAILED = "failed"  # the transaction failed otherwise: replace the producer before the next
     BROKEN = "broken"  # fatal: replace the producer

@@ -14,7 +14,7 @@ import pytest
 from infra.monitoring.targets import register_target, targets_dir, unregister_target
 from infra.stack.config import StackConfig, StackPorts, load_stack_config
 from infra.stack.exceptions import PortInUse
-from infra.stack.launcher import stack_down, stack_status, stack_up
+from infra.stack.launcher import stack_components, stack_down, stack_status, stack_up
 from infra.stack.processes import ensure_port_free
 from infra.stack.state import read_state
 from tests.conftest import CLUSTER_PORT_OFFSET
@@ -22,15 +22,10 @@ from tests.conftest import CLUSTER_PORT_OFFSET
 pytestmark = pytest.mark.integration
 
 
-def _stack_ports(ports: StackPorts, brokers: int = 3) -> set[int]:
-    """Every port a stack on ``ports`` may listen on: each Kafka node's, the others', and
-    SeaweedFS's gRPC ports (+ 10000; S3's too)."""
-    taken = {p for n in range(1, brokers + 1) for p in ports.kafka_node(n)}
-    for name, port in ports.__dict__.items():
-        taken.add(port)
-        if "seaweed" in name or name == "s3":
-            taken.add(port + 10000)
-    return taken
+def _stack_ports(ports: StackPorts, brokers: int = 3, optional: tuple[str, ...] = ()) -> set[int]:
+    """Every port a stack on ``ports`` binds (each component's own list, gRPC ports included)."""
+    config = StackConfig(state_dir=Path("/nonexistent"), ports=ports, brokers=brokers)
+    return {p for c in stack_components(config, optional=optional) for p in c.ports().values()}
 
 
 def _free_ports() -> StackPorts:
@@ -46,7 +41,7 @@ def _free_ports() -> StackPorts:
     )
     for offset in random.Random().sample(range(300, 3400, 7), 40):
         ports = main.shifted(offset)
-        wanted = _stack_ports(ports, brokers=1)
+        wanted = _stack_ports(ports, brokers=1, optional=("monitoring",))
         if wanted & reserved:
             continue
         try:
