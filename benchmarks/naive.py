@@ -78,6 +78,11 @@ class _Inline:
         fn(*args)
 
 
+def _log_assignment(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    """The moment partitions arrive (a failover's heir): compared with ours' own log line."""
+    log.info("partitions assigned partitions=%s", [(p.topic, p.partition) for p in partitions])
+
+
 class NaiveWorker:
     """Poll one → process → produce → commit, synchronously; ``run()`` until ``stop()``."""
 
@@ -146,7 +151,7 @@ class NaiveWorker:
         if c.static_membership:
             extra["group.instance.id"] = c.worker_id
         consumer = make_consumer(self.settings, c.group_id, client_id=c.worker_id, config=extra)
-        consumer.subscribe(list(c.lanes))
+        consumer.subscribe(list(c.lanes), on_assign=_log_assignment)
         return consumer
 
     def _create_producer(self) -> Producer:

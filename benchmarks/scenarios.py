@@ -437,6 +437,7 @@ def failover(
         "requests": len(ids),
         "complete": complete,
         "victim_partitions": partitions,
+        "killed_at": killed_at,  # epoch seconds: to line up with the workers' logs
         "recovery_s": max(recovery.values()) if len(recovery) == len(partitions) else None,
         "recovery_first_s": min(recovery.values(), default=None),
         "recovery_by_partition_s": recovery,

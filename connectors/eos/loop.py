@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaError, KafkaException, TopicPartition
 
 from connectors.eos.checkpoint import Checkpoint
 from connectors.eos.exceptions import (
@@ -121,9 +121,9 @@ class LoopConfig:
     fetch_start_timeout_s: float = 10.0
 
 
-# How long one resume may spend asking the broker for the high watermarks of freshly assigned
-# partitions (one ListOffsets round trip each, on the poll thread); the rest start without a
-# wake-up, at most ~1 s later.
+# How long one resume may spend asking the broker where its freshly assigned partitions end
+# (one ListOffsets call for all of them, on the poll thread); without the answer they start
+# without a wake-up, at most ~1 s later.
 _WAKE_BUDGET_S = 0.25
 
 
@@ -891,49 +891,72 @@ class EosLoop:
         Only partitions with a backlog get the seek: after a seek the consumer reports no
         position until the next message arrives, and an idle partition whose tail is a
         transaction marker needs that position to commit past the marker (``_update_lag``).
-        The backlog is judged by the high watermark: more than one offset (a marker) beyond
-        what was polled, or, for a partition not consumed yet, beyond its restored commit
-        point. A freshly assigned partition (a failover's heir) has no cached watermark yet:
-        it is asked from the broker within a short budget (without the wake-up its first
-        fetch came 1.0 s after the assignment: measured in ``f2p bench -s failover``).
+        The backlog is judged by the end of the partition: more than one offset (a marker)
+        beyond what was polled, or, for a partition not consumed yet, beyond its restored
+        commit point. A freshly assigned partition (a failover's heir) has no cached end yet:
+        the ends of all of them are asked from the broker in one call (without the wake-up
+        their first fetch came 1.0 s after the assignment: measured in ``f2p bench -s
+        failover``). Every seek comes after that call, together, so one fetch carries all the
+        inherited backlogs: seeking each partition as soon as its own end was known let the
+        fetcher start on the first alone, and the first engine batch held only its requests
+        (the second inherited partition's first result came one batch later, +0.17 s).
         """
-        deadline = self.clock() + _WAKE_BUDGET_S
+        seeks: list[TopicPartition] = []
+        fresh: list[tuple[TopicPartition, int]] = []  # (seek target, commit point)
         for tp in self.consumer.position(partitions):
             state = self.assignment.get((tp.topic, tp.partition))
             if state is None:
                 continue
             if tp.offset >= 0:  # consumed before: wake it where it stands
-                target, last = tp, state.offsets.highest
-                high = self._high_watermark(tp, ask_broker=False, deadline=deadline)
+                last, high = state.offsets.highest, self._cached_end(tp)
                 if last is not None and 0 <= high <= last + 2:
                     continue  # caught up (or only a marker left): a fetch will come anyway
+                seeks.append(tp)
             else:  # not consumed yet (assigned, restored): wake it at its commit point
                 base = state.offsets.base
-                if base is None or base < 0:
-                    continue
-                target = TopicPartition(tp.topic, tp.partition, base)
-                high = self._high_watermark(tp, ask_broker=True, deadline=deadline)
-                if high <= base + 1:
-                    continue  # nothing to fetch but a marker, or not known: no wake-up
+                if base is not None and base >= 0:
+                    fresh.append((TopicPartition(tp.topic, tp.partition, base), base))
+        ends = self._ends([target for target, _ in fresh])
+        for target, base in fresh:
+            if ends.get((target.topic, target.partition), -1) > base + 1:
+                seeks.append(target)  # more than a marker to fetch
+        for target in seeks:
             try:
                 self.consumer.seek(target)
             except KafkaException as exc:  # only a wake-up: the resume stands without it
                 log.debug("seek after resume failed: %s", exc)
 
-    def _high_watermark(self, tp: TopicPartition, *, ask_broker: bool, deadline: float) -> int:
-        """The partition's high watermark from the last fetch; with ``ask_broker``, from the
-        broker when none was fetched yet and ``deadline`` allows. -1 when unknown."""
+    def _cached_end(self, tp: TopicPartition) -> int:
+        """The partition's high watermark from the last fetch response; -1 when unknown."""
         try:
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0 or not ask_broker:
-                return int(high)
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                return -1
-            _, high = self.consumer.get_watermark_offsets(tp, timeout=min(remaining, 0.1))
             return int(high)
         except KafkaException:
             return -1
+
+    def _ends(self, partitions: list[TopicPartition]) -> dict[TP, int]:
+        """Where each partition ends: the cached high watermark, else one ListOffsets call for
+        all the unknown ones (their last stable offset: the consumer reads committed data
+        only), within ``_WAKE_BUDGET_S``. A partition missing from the answer is unknown."""
+        ends: dict[TP, int] = {}
+        unknown: list[TopicPartition] = []
+        for tp in partitions:
+            high = self._cached_end(tp)
+            if high >= 0:
+                ends[(tp.topic, tp.partition)] = high
+            else:  # offsets_for_times reads the offset as a timestamp: -1 asks for the end
+                unknown.append(TopicPartition(tp.topic, tp.partition, OFFSET_END))
+        if not unknown:
+            return ends
+        try:
+            answered = self.consumer.offsets_for_times(unknown, timeout=_WAKE_BUDGET_S)
+        except KafkaException as exc:  # only a wake-up: those partitions start without it
+            log.debug("cannot ask where the inherited partitions end: %s", exc)
+            return ends
+        for tp in answered:
+            if tp.error is None and tp.offset >= 0:
+                ends[(tp.topic, tp.partition)] = tp.offset
+        return ends
 
     def _update_assignment_metrics(self) -> None:
         self.metrics.set_assignment(

@@ -142,6 +142,11 @@ class StubConsumer:
         # when the pause came (then they leave the set).
         self.queued_before_pause: set[TP] = set()
         self.stats_cb: Callable[[str], None] | None = None
+        # Partitions a fetch has returned from: only those have a cached high watermark.
+        self.fetched: set[TP] = set()
+        # Broker asks for partition ends and seeks, in call order: ("ends", [tp, ...]) once per
+        # call, ("seek", tp) per seek.
+        self.calls: list[tuple[str, Any]] = []
 
     def configure(self, config: dict[str, Any]) -> StubConsumer:
         """Take the settings the loop asks for (its statistics callback)."""
@@ -206,6 +211,7 @@ class StubConsumer:
         self.positions[key] = tp.offset
         self.app_positions.pop(key, None)
         self.seeks.append((key, tp.offset))
+        self.calls.append(("seek", key))
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return [
@@ -233,7 +239,24 @@ class StubConsumer:
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float = -1, cached: bool = False):
         self.broker.maybe_fail("watermarks")
-        return 0, len(self.broker.logs[(tp.topic, tp.partition)])
+        key = (tp.topic, tp.partition)
+        if cached and key not in self.fetched:
+            return -1001, -1001  # librdkafka: no fetch response for it yet
+        if not cached:
+            self.calls.append(("ends", [key]))
+        return 0, len(self.broker.logs[key])
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float = -1
+    ) -> list[TopicPartition]:
+        """Only the "latest" timestamp (-1) is modelled: the partition's end."""
+        self.broker.maybe_fail("watermarks")
+        assert all(tp.offset == -1 for tp in partitions), "only the end is modelled"
+        self.calls.append(("ends", [(tp.topic, tp.partition) for tp in partitions]))
+        return [
+            TopicPartition(tp.topic, tp.partition, len(self.broker.logs[(tp.topic, tp.partition)]))
+            for tp in partitions
+        ]
 
     def _next(self) -> StubMessage | None:
         for key in self.assigned:
@@ -244,6 +267,7 @@ class StubConsumer:
                     continue
                 self.queued_before_pause.discard(key)
             log = self.broker.logs[key]
+            self.fetched.add(key)
             start = position = self.positions.get(key, 0)
             while position < len(log) and log[position] is None:
                 position += 1  # control records are never delivered

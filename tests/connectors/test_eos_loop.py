@@ -716,6 +716,23 @@ def test_an_inherited_partition_with_a_backlog_is_woken_at_its_commit_point() ->
     assert sorted(handler.handled) == [b"b", b"c"]
 
 
+def test_inherited_partitions_are_asked_for_their_ends_at_once_and_then_all_woken() -> None:
+    """The heir asks where all its inherited partitions end in one broker call and seeks them
+    only then, together: seeking each as soon as its own end was known let the fetcher start
+    on the first alone, and the first engine batch held only the first partition's backlog."""
+    broker, handler = StubBroker(), EchoHandler()
+    for partition in (0, 1):
+        fill(broker, partition, [b"a%d" % partition, b"b%d" % partition])
+        broker.committed[("group", (IN, partition))] = (0, None)
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0), (IN, 1)])
+    run_turns(loop, 3)
+    wake_up = [call for call in consumer.calls if call[0] in ("ends", "seek")]
+    assert wake_up == [("ends", [(IN, 0), (IN, 1)]), ("seek", (IN, 0)), ("seek", (IN, 1))]
+    run_turns(loop, 10)
+    assert sorted(handler.handled) == [b"a0", b"a1", b"b0", b"b1"]
+
+
 STATE = (IN, 1)  # the partition whose in-memory state TouchingHandler keeps (a dedupe store)
 
 
