@@ -79,6 +79,7 @@ def main(suffix: str, count: int) -> None:
                     "start": span.start_time,
                     "end": span.end_time,
                     "request_id": span.attributes.get("request_id"),
+                    "outcome": span.attributes.get("outcome"),
                 }
             )
         )
