@@ -68,6 +68,10 @@ REFUSED_CODES = frozenset(
 # A librdkafka call still blocked this long past its own timeout is given up, with its producer
 # (confluentinc/librdkafka#5456, #5511: send_offsets_to_transaction after a coordinator loss).
 WEDGED_GRACE_S = 10.0
+# How long a transaction that failed with a record-level code waits for that record's delivery
+# report: the broker's refusal can fail the transaction call before librdkafka has queued (or the
+# poll thread served) the report that says which record it was.
+REFUSAL_REPORT_WAIT_S = 1.0
 # Wedged producers whose destruction is still pending; more than this and the process should be
 # restarted rather than leak further.
 MAX_ABANDONED = 3
@@ -275,7 +279,7 @@ class TransactionalProducer:
         the next ``prepare`` (the module's docstring: a request of the failed transaction may
         still land)."""
         error = kafka_error(exc)
-        refused = self.refused_deliveries()
+        refused = self._await_refusals(error)
         # Retriable while sending (a coordinator moving, a broker restarting): not the
         # producer's fault; the completions are written again later, without a rewind (issue
         # 7: a timed-out send_offsets_to_transaction used to rewind everything).
@@ -292,6 +296,22 @@ class TransactionalProducer:
         log.error("producer fatal error (%s): %s", doing, error or exc)
         self.state = State.BROKEN
         raise ProducerFenced(str(error or exc)) from exc
+
+    def _await_refusals(self, error: KafkaError | None) -> dict[int, KafkaError]:
+        """The records the broker refused, once their delivery reports are served.
+
+        A transaction failed by a refusal (its code is the record's: MSG_SIZE_TOO_LARGE...) may
+        raise before the report naming the record reaches ``on_delivery``; sorting it then as an
+        ordinary failure would write the same record again with a new producer, to be refused
+        again. Serve reports for a bounded while instead."""
+        refused = self.refused_deliveries()
+        if refused or error is None or error.code() not in REFUSED_CODES:
+            return refused
+        deadline = time.monotonic() + REFUSAL_REPORT_WAIT_S
+        while not refused and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+            refused = self.refused_deliveries()
+        return refused
 
     # -- replacing and freeing producers --------------------------------------------------------
 

@@ -75,6 +75,9 @@ class StubBroker:
     # Max record size (key + value) the "broker" accepts per topic.
     max_record_bytes: dict[str, int] = field(default_factory=dict)
     transactions_committed: int = 0
+    # Delivery reports wait for the producer's next poll, as librdkafka's do: a refusal then
+    # fails commit_transaction before the report naming the refused record is served.
+    reports_on_poll: bool = False
     # A failed send_offsets_to_transaction's TxnOffsetCommit reaches the group coordinator
     # late, after the abort, and commits with the next transaction of the same producer
     # instance: what Kafka allows a client without KIP-890 (librdkafka), whose next transaction
@@ -323,6 +326,8 @@ class StubProducer:
         self.aborts = 0
         # Offsets of a failed send_offsets that land late (``StubBroker.late_requests``).
         self.late_offsets: list[tuple[str, TopicPartition]] = []
+        # Delivery reports not served yet (``StubBroker.reports_on_poll``).
+        self.pending_reports: list[tuple[Callable, KafkaError]] = []
 
     def init_transactions(self, timeout: float = -1) -> None:
         self.broker.maybe_fail("init_transactions")
@@ -360,11 +365,13 @@ class StubProducer:
             if limit is not None and len(key or b"") + len(value or b"") > limit:
                 failed = True
                 if on_delivery:
-                    on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"), None)
-        if failed:
-            raise kafka_exception(
-                KafkaError._FAIL if hasattr(KafkaError, "_FAIL") else -196, abort=True
-            )
+                    report = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")
+                    if self.broker.reports_on_poll:
+                        self.pending_reports.append((on_delivery, report))
+                    else:
+                        on_delivery(report, None)
+        if failed:  # the transaction fails with the refused record's code, as librdkafka's does
+            raise kafka_exception(KafkaError.MSG_SIZE_TOO_LARGE, abort=True)
         self.broker.maybe_fail("commit_transaction")
         touched = set()
         for topic, partition, key, value, headers, _ in self.staged:
@@ -391,7 +398,10 @@ class StubProducer:
         self.staged, self.staged_offsets = [], []
 
     def poll(self, timeout: float = 0) -> int:
-        return 0
+        served, self.pending_reports = self.pending_reports, []
+        for on_delivery, report in served:
+            on_delivery(report, None)
+        return len(served)
 
     def flush(self, timeout: float = -1) -> int:
         return 0

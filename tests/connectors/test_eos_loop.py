@@ -374,6 +374,23 @@ def test_a_record_the_broker_refuses_is_replaced_by_its_fallback_and_the_line_mo
     assert broker.committed[("group", (IN, 0))][0] == 3
 
 
+def test_a_refusal_reported_after_the_failed_commit_is_not_written_again() -> None:
+    """librdkafka may fail the commit with the refused record's code before it serves the
+    delivery report naming the record (CI run 17): the producer serves reports for a while
+    before sorting the failure, so the record is replaced at once — one new producer for the
+    fallback, not a second attempt of a record that can never be written."""
+    broker, handler = StubBroker(reports_on_poll=True), EchoHandler()
+    broker.max_record_bytes[OUT] = 500
+    handler.oversize = {b"big"}
+    fill(broker, 0, [b"big", b"ok"])
+    loop, consumer = make_loop(broker, handler)
+    consumer.assign([(IN, 0)])
+    run_turns(loop, 40)
+    assert outputs(broker) == Counter({b"ok": 1})
+    assert outputs(broker, "dlq") == Counter({b"refused:big": 1})
+    assert loop.producer.recreated == 1
+
+
 def test_restore_is_retried_while_the_committed_offsets_are_not_readable() -> None:
     broker, handler = StubBroker(), EchoHandler()
     fill(broker, 0, [b"a"])
