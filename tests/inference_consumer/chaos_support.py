@@ -6,6 +6,7 @@ is a real crash: no ``finally``, no graceful leave, an open transaction left beh
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.kafka import make_consumer, make_producer
+from connectors.kafka_retry import retry_kafka
 from connectors.settings import Settings
 from connectors.topic_reader import read_to_end
 from f2p_errors import F2PError
@@ -320,6 +322,9 @@ class PacedPublisher(threading.Thread):
                 topic = lane_topic(settings, s.request)
                 self.encoded[rid] = (topic, codec.encode(topic, s.request))
         self.partition_of: dict[str, tuple[str, int]] = {}
+        # request_id -> where the broker acknowledged each of its produces (topic[p]@offset):
+        # the first line of a missing request's trail.
+        self.delivered: dict[str, list[str]] = {}
         self.published = 0
         self.errors: list[str] = []
         self.finished_at: float | None = None
@@ -332,9 +337,13 @@ class PacedPublisher(threading.Thread):
             self.settings, client_id="chaos-other-client", partitioner="consistent_random"
         )
 
-        def on_delivery(err, msg) -> None:
+        def on_delivery(rid: str, err, msg) -> None:
             if err is not None:
                 self.errors.append(str(err))
+                return
+            self.delivered.setdefault(rid, []).append(
+                f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+            )
 
         t = self.settings.topics
         started = time.monotonic()
@@ -346,8 +355,9 @@ class PacedPublisher(threading.Thread):
                 time.sleep(delay)
             rid = s.request.request_id
             topic, value = self.encoded[rid]
+            delivered = functools.partial(on_delivery, rid)
             if not s.duplicate:
-                producer.produce(topic, key=rid.encode(), value=value, on_delivery=on_delivery)
+                producer.produce(topic, key=rid.encode(), value=value, on_delivery=delivered)
             else:
                 duplicates += 1
                 way = duplicates % 3
@@ -355,7 +365,7 @@ class PacedPublisher(threading.Thread):
                 if way == 2:
                     topic = t.requests_batch if topic == t.requests_interactive else (
                         t.requests_interactive)  # fmt: skip
-                other.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                other.produce(topic, key=key, value=value, on_delivery=delivered)
                 other.poll(0)
             producer.poll(0)
             self.published += 1
@@ -488,6 +498,7 @@ def finish(
     worker_ids: list[str],
     *,
     admission_group: str | None = None,
+    delivered: dict[str, list[str]] | None = None,
 ) -> float:
     """Wait for every result and an empty backlog (workers' and admission's lag 0), check that
     none of ``worker_ids`` died on its own, then stop them gracefully (SIGTERM: drain, commit,
@@ -519,7 +530,7 @@ def finish(
         raise AssertionError(
             f"not all results within {timeout_s} s: {len(missing)} of {len(expected)} "
             f"missing; lagging (committed, end): {lag}\n"
-            f"{missing_trail(settings, missing[:3])}\n{fleet.log_tail()}"
+            f"{missing_trail(settings, missing[:3], delivered)}\n{fleet.log_tail()}"
         )
     died = fleet.died(worker_ids)
     assert not died, f"workers died on their own (exit codes): {died}\n{fleet.log_tail()}"
@@ -528,9 +539,15 @@ def finish(
     return waited
 
 
-def missing_trail(settings: Settings, request_ids: list[str]) -> str:
-    """Where each of ``request_ids`` shows up in every pipeline topic, committed or not: the
-    first thing to know about a request without a result (which hop dropped it)."""
+def missing_trail(
+    settings: Settings,
+    request_ids: list[str],
+    delivered: dict[str, list[str]] | None = None,
+) -> str:
+    """Where each of ``request_ids`` was published (``delivered``: the publisher's delivery
+    reports) and shows up in every pipeline topic, committed or not: the first thing to know
+    about a request without a result (which hop dropped it). Topics or partitions the scan could
+    not read to their end are named: an absence there proves nothing."""
     t = settings.topics
     topics = [
         *t.request_lanes, t.admission_repartition, t.admission_dedupe,
@@ -538,17 +555,27 @@ def missing_trail(settings: Settings, request_ids: list[str]) -> str:
     ]  # fmt: skip
     wanted = {rid.encode(): rid for rid in request_ids}
     lines: dict[str, list[str]] = {rid: [] for rid in request_ids}
+    if delivered is not None:
+        for rid in request_ids:
+            lines[rid].append(f"  published: {', '.join(delivered.get(rid, [])) or '-'}")
+    unread: list[str] = []
     for isolation in ("read_committed", "read_uncommitted"):
-        found = _find_in_topics(settings, topics, wanted, isolation)
+        found = _find_in_topics(settings, topics, wanted, isolation, unread)
         for rid, places in found.items():
             lines[rid].append(f"  {isolation}: {', '.join(places) or '-'}")
-    return "\n".join(f"trail of {rid}:\n" + "\n".join(lines[rid]) for rid in request_ids)
+    trail = "\n".join(f"trail of {rid}:\n" + "\n".join(lines[rid]) for rid in request_ids)
+    return trail + (f"\nnot read to the end: {'; '.join(unread)}" if unread else "")
 
 
 def _find_in_topics(
-    settings: Settings, topics: list[str], wanted: dict[bytes, str], isolation: str
+    settings: Settings,
+    topics: list[str],
+    wanted: dict[bytes, str],
+    isolation: str,
+    unread: list[str],
 ) -> dict[str, list[str]]:
-    """topic[partition]@offset of every message whose key or value holds a wanted id."""
+    """topic[partition]@offset of every message whose key or value holds a wanted id; what
+    could not be read to its end is added to ``unread``."""
     found: dict[str, list[str]] = {rid: [] for rid in wanted.values()}
     consumer = make_consumer(
         settings, f"trail-{random.getrandbits(40):x}", isolation_level=isolation
@@ -557,11 +584,17 @@ def _find_in_topics(
         for topic in topics:
             try:
                 meta = consumer.list_topics(topic, timeout=10).topics[topic]
-                ends = {
-                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                ends = {  # retried: leaders still move minutes after a broker came back
+                    p: retry_kafka(
+                        f"watermarks of {topic}[{p}]",
+                        functools.partial(
+                            consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=10
+                        ),
+                    )[1]
                     for p in meta.partitions
                 }
-            except KafkaException:
+            except KafkaException as exc:
+                unread.append(f"{topic} ({isolation}): {exc}")
                 continue
             todo = {p for p, end in ends.items() if end > 0}
             if not todo:
@@ -578,6 +611,8 @@ def _find_in_topics(
                             found[rid].append(f"{topic}[{m.partition()}]@{m.offset()}")
                 positions = consumer.position([TopicPartition(topic, p) for p in todo])
                 todo = {tp.partition for tp in positions if tp.offset < ends[tp.partition]}
+            if todo:
+                unread.append(f"{topic} {sorted(todo)} ({isolation}): not at the end in 30 s")
             consumer.unassign()
     finally:
         consumer.close()

@@ -203,7 +203,7 @@ def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path, admin)
         published_s = time.monotonic() - started
         drain_s = finish(
             fleet, pipeline, codec, expected, group_id, 150, admission_ids + worker_ids,
-            admission_group=admission_group,
+            admission_group=admission_group, delivered=publisher.delivered,
         )  # fmt: skip
         results = assert_exactly_once(pipeline, codec, expected, fleet)
     finally:

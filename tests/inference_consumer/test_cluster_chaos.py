@@ -161,7 +161,7 @@ def run_with_fault(
         assert not died, f"died (exit codes): {died}\n{fleet.log_tail()}"
         drain_s = finish(
             fleet, settings, codec, expected, group_id, 240, processes,
-            admission_group=admission_group,
+            admission_group=admission_group, delivered=publisher.delivered,
         )  # fmt: skip
         report, _ = exactly_once_report(settings, codec, expected)
     finally:
