@@ -74,7 +74,7 @@ class NaiveConfig:
 class _Inline:
     """An executor that runs the submitted call at once, on the caller's thread."""
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> None:
         fn(*args)
 
 
@@ -178,7 +178,7 @@ class NaiveWorker:
         self._outcomes.clear()
         ready = prefetch(self.ctx, item)
         if ready is not None:
-            run_engine_batch(self.ctx, [ready], _Inline())  # type: ignore[arg-type]
+            run_engine_batch(self.ctx, [ready], _Inline())
         if len(self._outcomes) != 1:
             raise NaiveFatal(f"expected one outcome, got {len(self._outcomes)}")
         return self._outcomes[0]

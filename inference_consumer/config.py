@@ -92,9 +92,11 @@ class WorkerConfig:
     # transaction before it gets one of its own: at 50 % load this halves the transactions
     # (0.5 -> 1.0 results per transaction) and the time one is open (27 -> 17-22 %).
     running_event_delay_ms: int = 100
-    # How long the poll thread waits for messages while work is in flight: a finished outcome
-    # waits for that poll to end before its commit (half of it on average). Measured at 50 %
-    # load: 1 ms took the commit + read P50 from 8.6 to 6.2 ms (one run, loaded machine).
+    # How long the poll thread waits for messages while work is in flight. While a batch is in
+    # the engine or its outputs are being written it waits for their completions instead (a
+    # consumer poll cannot be woken by them), and a message then waits up to this long.
+    # Shorter is not better: 0.5 ms made the poll thread spin and the other threads wait for
+    # the GIL (docs/BENCHMARKS.md).
     busy_poll_ms: float = 2.0
     # kill -9 is detected after session_timeout_ms; transactions of a dead worker are aborted
     # by the coordinator after transaction_timeout_ms. Both bound failover time. None: chosen

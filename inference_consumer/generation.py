@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
 
 from inference_consumer.batcher import RequestBatcher
 from inference_consumer.engines.base import EngineOutput, EngineRequest, GenerationParams
@@ -40,7 +43,45 @@ def engine_params(request: GenerationRequest) -> GenerationParams:
     )
 
 
-def run_engine_batch(ctx: StageContext, batch: list[WorkItem], outputs: ThreadPoolExecutor) -> None:
+class OutputSubmitter(Protocol):
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> object: ...
+
+
+class OutputPool:
+    """The output threads (encode, upload, outcome) and how many outputs they hold.
+
+    The loop asks ``in_flight`` to know that a completion is due within milliseconds: it then
+    waits for that completion instead of for messages (``EosLoop._poll``)."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="output")
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            future = self._pool.submit(fn, *args)
+        except BaseException:  # shut down: nothing was queued
+            self._done()
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future: object = None) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def run_engine_batch(ctx: StageContext, batch: list[WorkItem], outputs: OutputSubmitter) -> None:
     """Run one batch through the engine (on the engine thread) and queue its outputs."""
     live = []
     for item in batch:
@@ -124,16 +165,19 @@ class EngineLoop:
     def __init__(self, ctx: StageContext, batcher: RequestBatcher) -> None:
         self.ctx = ctx
         self.batcher = batcher
-        self.outputs = ThreadPoolExecutor(ctx.config.upload_threads, thread_name_prefix="output")
+        self.outputs = OutputPool(ctx.config.upload_threads)
         self._stopping = False
         # Monotonic time a batch last started or ended: the worker's health looks at it.
         self.last_progress = time.monotonic()
+        # True while a batch runs; its outputs are in ``outputs`` before it turns False.
+        self.generating = False
 
     def run(self) -> None:
         while not self._stopping:
             batch = self.batcher.next_batch(timeout_s=0.2)
             if batch:
                 self.last_progress = time.monotonic()
+                self.generating = True
                 try:
                     run_engine_batch(self.ctx, batch, self.outputs)
                 except Exception:  # never let the engine thread die
@@ -149,9 +193,11 @@ class EngineLoop:
                             item,
                             functools.partial(retry_outcome, self.ctx, item, "engine loop error"),
                         )
+                finally:
+                    self.generating = False
                 self.last_progress = time.monotonic()
 
     def stop(self) -> None:
         self._stopping = True
         self.batcher.close()
-        self.outputs.shutdown(wait=True, cancel_futures=False)
+        self.outputs.shutdown()

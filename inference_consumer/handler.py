@@ -125,6 +125,10 @@ class WorkerHandler:
     def last_progress(self) -> float:
         return self.engine_loop.last_progress
 
+    def finishing(self) -> bool:
+        # A batch in the engine or outputs being written: the next event is a completion.
+        return self.engine_loop.generating or self.engine_loop.outputs.in_flight > 0
+
     def ready(self, tp: TP) -> bool:
         return True  # no state of its own: the commit metadata is all a partition needs
 

@@ -234,6 +234,10 @@ class AdmissionHandler:
     def last_progress(self) -> float:
         return time.monotonic()  # synchronous: waiting work is the registry's (see health)
 
+    def finishing(self) -> bool:
+        # Admission's completions and its messages are equally urgent: it waits in the poll.
+        return False
+
     def ready(self, tp: TP) -> bool:
         """A repartition partition is ready once its dedupe state is restored."""
         topic, partition = tp

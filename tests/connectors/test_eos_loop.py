@@ -37,6 +37,7 @@ class EchoHandler:
         self.forgotten: list[TP] = []
         self.committed_count = 0
         self.oversize: set[bytes] = set()
+        self.completion_due = False
 
     def handle(self, message: Any, ref: MessageRef) -> None:
         value = message.value()
@@ -76,6 +77,9 @@ class EchoHandler:
 
     def last_progress(self) -> float:
         return 0.0
+
+    def finishing(self) -> bool:
+        return self.completion_due
 
     def ready(self, tp: TP) -> bool:
         return True
@@ -389,6 +393,31 @@ def test_a_refusal_reported_after_the_failed_commit_is_not_written_again() -> No
     assert outputs(broker) == Counter({b"ok": 1})
     assert outputs(broker, "dlq") == Counter({b"refused:big": 1})
     assert loop.producer.recreated == 1
+
+
+def test_a_due_completion_wakes_the_turn_that_waits_for_it() -> None:
+    """Nothing wakes a consumer poll when another thread completes work: while the handler says
+    a completion is due, the turn waits for the completion itself (then polls without waiting),
+    so a finished request is committed at once instead of after the poll's timeout."""
+    broker, handler = StubBroker(), EchoHandler()
+    handler.hold = {b"a"}
+    fill(broker, 0, [b"a"])
+    loop, consumer = make_loop(broker, handler, busy_poll_s=60.0)
+    consumer.assign([(IN, 0)])
+    deadline = time.monotonic() + 10
+    while handler.handled != [b"a"] and time.monotonic() < deadline:
+        loop.turn()
+    loop.turn()
+    assert consumer.poll_timeouts[-1] == 60.0  # work in flight, none due: waits for messages
+    handler.completion_due = True
+    threading.Timer(0.05, handler.release, args=(b"a",)).start()
+    started = time.monotonic()
+    loop.turn()
+    # Woken by the completion, far inside the 60 s it would otherwise have waited.
+    assert time.monotonic() - started < 30
+    assert consumer.poll_timeouts[-1] == 0
+    run_turns(loop, 5)
+    assert outputs(broker) == Counter({b"a": 1})
 
 
 def test_restore_is_retried_while_the_committed_offsets_are_not_readable() -> None:
