@@ -50,8 +50,8 @@ class OutputSubmitter(Protocol):
 class OutputPool:
     """The output threads (encode, upload, outcome) and how many outputs they hold.
 
-    The loop asks ``in_flight`` to know that a completion is due within milliseconds: it then
-    waits for that completion instead of for messages (``EosLoop._poll``)."""
+    While any are held (or a batch runs, ``EngineLoop.generating``) the next event is a
+    completion, and the loop waits for it instead of for messages (``Handler.finishing``)."""
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="output")

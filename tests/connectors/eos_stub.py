@@ -125,7 +125,7 @@ class StubConsumer:
     def __init__(self, broker: StubBroker, group_id: str) -> None:
         self.broker = broker
         self.group_id = group_id
-        self.poll_timeouts: list[float] = []  # the last 100 polls' timeouts
+        self.poll_timeouts: deque[float] = deque(maxlen=100)  # the last 100 polls' timeouts
         self.member = next(self._members)
         self.callbacks: dict[str, Callable[..., Any]] = {}
         self.assigned: list[TP] = []
@@ -285,7 +285,6 @@ class StubConsumer:
 
     def poll(self, timeout: float = -1) -> StubMessage | None:
         self.poll_timeouts.append(timeout)
-        del self.poll_timeouts[:-100]
         self._run_rebalances()
         if self.stats_cb is not None:
             self.stats_cb(json.dumps({"topics": self._stats_topics()}))

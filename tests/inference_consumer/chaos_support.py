@@ -590,6 +590,7 @@ def _find_in_topics(
                         functools.partial(
                             consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=10
                         ),
+                        deadline_s=10,  # per partition: the trail is read only when a test fails
                     )[1]
                     for p in meta.partitions
                 }
