@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from connectors.kafka import make_producer
 from connectors.settings import Settings
@@ -18,12 +19,31 @@ from streams.admission.service import Admission
 
 @contextmanager
 def running_admission(
-    settings: Settings, *, policy: QuotaPolicy | None = None, **config: object
+    settings: Settings,
+    *,
+    policy: QuotaPolicy | None = None,
+    wrap_producer: Callable[[Any], Any] | None = None,
+    **config: object,
 ) -> Iterator[Admission]:
-    """An Admission instance running in a background thread; stopped (gracefully) on exit."""
+    """An Admission instance running in a background thread; stopped (gracefully) on exit.
+
+    ``wrap_producer`` sees each real transactional producer admission makes and returns what
+    admission uses instead (a fault-injecting proxy)."""
     config.setdefault("instance_id", f"adm-{threading.get_ident()}-{id(config)}")
     config.setdefault("group_id", "adm-" + settings.topics.results)
-    admission = Admission(settings, AdmissionConfig(**config), policy=policy)  # type: ignore[arg-type]
+    create_producer = None
+    if wrap_producer is not None:
+        wrap = wrap_producer
+
+        def create_producer(timeouts: Any) -> Any:
+            return wrap(admission._real_producer(timeouts))
+
+    admission = Admission(
+        settings,
+        AdmissionConfig(**config),  # type: ignore[arg-type]
+        policy=policy,
+        create_producer=create_producer,
+    )
     errors: list[BaseException] = []
 
     def target() -> None:

@@ -7,13 +7,16 @@ scans of the results, status and dead-letter topics.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from admission_support import publish_as, running_admission
 
+import connectors.eos.producer as producer_module
 from connectors.control import send_cancel
 from connectors.kafka import make_producer
 from connectors.topic_reader import read_to_end
@@ -239,3 +242,74 @@ def test_cancel_and_status_from_the_command_line(pipeline, codec, monkeypatch) -
     assert refused.exit_code != 0 and "request_id" in str(refused.exception or refused.output)
     sent = runner.invoke(cancel_cmd, [sample_request().request_id, "--reason", "test"])
     assert sent.exit_code == 0, sent.output
+
+
+class WedgeOnce:
+    """Wraps admission's producers; the first one's ``send_offsets_to_transaction`` wedges once,
+    on its ``nth`` call that carries a commit point of ``topic``: it does its work on the broker
+    and then does not return for ``hold_s`` (what librdkafka's did in the cluster chaos runs when
+    a broker died under the group coordinator). Later producers pass through untouched."""
+
+    def __init__(self, topic: str, *, nth: int, hold_s: float) -> None:
+        self.topic, self.nth, self.hold_s = topic, nth, hold_s
+        self.producers = 0
+        self.calls = 0
+        self.wedged = threading.Event()
+
+    def wrap(self, producer: Any) -> Any:
+        self.producers += 1
+        return _Wedging(producer, self) if self.producers == 1 else producer
+
+
+class _Wedging:
+    def __init__(self, real: Any, wedge: WedgeOnce) -> None:
+        self._real, self._wedge = real, wedge
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def send_offsets_to_transaction(self, offsets: list, *args: Any) -> None:
+        wedge = self._wedge
+        self._real.send_offsets_to_transaction(offsets, *args)
+        if not wedge.wedged.is_set() and any(tp.topic == wedge.topic for tp in offsets):
+            wedge.calls += 1
+            if wedge.calls == wedge.nth:
+                wedge.wedged.set()
+                time.sleep(wedge.hold_s)
+
+
+def test_a_wedged_producer_is_given_up_without_losing_or_doubling_an_admission(
+    pipeline, codec, monkeypatch
+) -> None:
+    """A transaction's send_offsets_to_transaction that does not return (seen in the cluster
+    chaos runs) costs admission its producer: the next producer's epoch aborts the open
+    transaction (dedupe entries, lane records, commit points), every partition rewinds and its
+    dedupe state is restored from the changelog. Each request_id still reaches a lane exactly
+    once: an entry of the aborted transaction kept in memory would answer its request DUPLICATE
+    when it is read again (lost), one restored too early would admit it twice."""
+    monkeypatch.setattr(producer_module, "WEDGED_GRACE_S", 1.0)  # given up after 5 + 1 s
+    wedge = WedgeOnce(pipeline.topics.admission_repartition, nth=3, hold_s=12.0)
+    originals = [sample_request() for _ in range(300)]
+    ids = {r.request_id for r in originals}
+
+    def lanes() -> Counter[str]:
+        return Counter(
+            m.key().decode()
+            for topic in pipeline.topics.worker_lanes.values()
+            for m in records(pipeline, topic)
+        )
+
+    with running_admission(pipeline, wrap_producer=wedge.wrap):
+        for start in range(0, len(originals), 10):
+            chunk = originals[start : start + 10]
+            publish_as(pipeline, codec, chunk)  # the one-hop path (request_id key, murmur2)
+            # Duplicates through the repartition topic (no key, another partitioner).
+            publish_as(pipeline, codec, chunk[:2], key="none", partitioner="random")
+        assert wedge.wedged.wait(60), "no transaction carried a repartition commit point"
+        deadline = time.monotonic() + 120
+        while not set(admitted := lanes()) >= ids and time.monotonic() < deadline:
+            time.sleep(1.0)
+    assert wedge.producers >= 2  # the wedged one was given up
+    missing = ids - set(admitted)
+    assert not missing, f"{len(missing)} of {len(ids)} never admitted, e.g. {sorted(missing)[:3]}"
+    assert admitted == Counter(dict.fromkeys(ids, 1)), "admitted twice"
