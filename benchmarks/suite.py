@@ -20,6 +20,7 @@ import confluent_kafka
 from rich.console import Console
 
 from benchmarks import scenarios
+from benchmarks.machine_speed import SpeedSampler, summarize
 from benchmarks.scenarios import Sizes
 from benchmarks.session import Bench
 from connectors.settings import Settings
@@ -119,16 +120,24 @@ def run_suite(
 def _attempt(
     report: Report, console: Console, key: str, call: Callable[[], dict[str, Any]]
 ) -> dict[str, Any] | None:
-    """Run one (scenario, implementation); a failure is recorded, not raised."""
+    """Run one (scenario, implementation); a failure is recorded, not raised. The machine's
+    speed is sampled meanwhile (``machine_speed``): the figures carry it."""
     started = time.monotonic()
     console.log(f"[bold]{key}[/bold] …")
+    sampler = SpeedSampler()
     try:
         figures = call()
     except Exception as exc:
         console.log(f"[red]{key} failed: {type(exc).__name__}: {exc}[/red]")
         report.errors[key] = f"{type(exc).__name__}: {exc}"
         return None
-    console.log(f"{key} done in {time.monotonic() - started:.0f} s")
+    finally:
+        speed = summarize(sampler.stop())
+    figures.update(speed)
+    console.log(
+        f"{key} done in {time.monotonic() - started:.0f} s; machine unit "
+        f"{speed['machine_unit_ms']} ms (P10-P90 {speed['machine_unit_p10_p90_ms']})"
+    )
     report.details[key] = figures
     return figures
 
@@ -157,6 +166,16 @@ def _pick(runs: dict[str, dict[str, Any] | None], key: str, scale: float = 1.0) 
 # (metric, unit, key in the scenario's figures, scale, target)
 Spec = tuple[str, str, str, float, str]
 
+# How fast the machine ran interpreter work during each implementation's run (lower is faster):
+# CPU figures of runs with different values do not compare as they are (machine_speed.py).
+MACHINE_SPEED: Spec = (
+    "machine speed: reference unit CPU, median (lower = faster)",
+    "ms",
+    "machine_unit_ms",
+    1,
+    "",
+)
+
 
 def _rows(report: Report, scenario: str, runs: dict[str, Any], specs: list[Spec]) -> None:
     for metric, unit, key, scale, target in specs:
@@ -183,6 +202,7 @@ def _control(bench: Bench, sizes: Sizes, report: Report, console: Console) -> No
         ("CPU per request: S3 (SeaweedFS)", "ms", "s3_cpu_ms_per_request", 1, ""),
         ("CPU per request: load + reader", "ms", "harness_cpu_ms_per_request", 1, ""),
         ("machine CPU busy (all cores)", "%", "machine_cpu_busy", 100, ""),
+        MACHINE_SPEED,
     ])  # fmt: skip
 
 
@@ -235,6 +255,7 @@ def _overhead(bench: Bench, sizes: Sizes, report: Report, console: Console) -> N
         ("  of which commit + read, P50", "ms", "commit_read_p50_ms", 1, ""),
         ("results per transaction", "results", "completions_per_transaction", 1, ""),
         ("end-to-end P99", "ms", "e2e_p99_ms", 1, ""),
+        MACHINE_SPEED,
     ])  # fmt: skip
 
 

@@ -80,4 +80,5 @@ def test_quick_suite_produces_figures_for_both_implementations(stack_settings, t
         assert row["naive"] is not None, row
     for key in ("control/ours", "control/naive", "failover/ours", "failover/naive"):
         assert key in report["details"]
+        assert report["details"][key]["machine_samples"] >= 1  # the machine-speed reference
     assert "ours" in result.output and "naive" in result.output
