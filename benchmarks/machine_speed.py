@@ -19,6 +19,7 @@ the same for both implementations.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,9 @@ class SpeedSampler:
     """Samples ``unit_cpu_ms`` every ``interval_s`` in a child process until ``stop``."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        if os.environ.get("F2P_BENCH_MACHINE_SPEED") == "0":
+            return  # an experiment without the sampler's own CPU
         self._process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.machine_speed", str(interval_s)],
             stdout=subprocess.PIPE,
@@ -58,6 +62,8 @@ class SpeedSampler:
 
     def stop(self) -> list[float]:
         """The samples so far (ms each); the child is stopped."""
+        if self._process is None:
+            return []
         self._process.terminate()
         try:
             output, _ = self._process.communicate(timeout=10)
