@@ -347,6 +347,10 @@ def duty_cycle(bench: Bench, impl: str, sizes: Sizes) -> dict[str, Any]:
         "duty_cycle": busy / max(1e-9, last - first),
         "window_s": last - first,
         "images_per_s": _throughput(results, started),
+        # Encoding one 1024² WebP image on an output thread (whole ms): the worker's largest
+        # CPU item per real image, set by ``WorkerConfig.webp_method``.
+        "encode_p50_ms": percentile([float(r.stages[2]) for r in results], 50),
+        "upload_p50_ms": percentile([float(r.stages[3]) for r in results], 50),
     }
 
 

@@ -265,6 +265,8 @@ def _duty(bench: Bench, sizes: Sizes, report: Report, console: Console) -> None:
         ("engine busy / wall (1024² WebP, S3 faces)", "%", "duty_cycle", 100, "≥ 99.5"),
         ("mean batch size", "requests", "mean_batch", 1, ""),
         ("throughput", "images/s", "images_per_s", 1, ""),
+        ("encode of one 1024² WebP image, P50", "ms", "encode_p50_ms", 1, ""),
+        ("upload of it to S3, P50", "ms", "upload_p50_ms", 1, ""),
     ])  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import logging
 import time
 
 from connectors.object_store import ObjectStoreError
+from inference_consumer.config import WorkerConfig
 from inference_consumer.engines.base import EngineOutput
 from inference_consumer.stages import (
     StageContext,
@@ -39,6 +40,16 @@ def result_key(request: GenerationRequest, index: int, fmt: ImageFormat) -> str:
     return f"tenants/{request.tenant_id}/results/{request.request_id}/{index}.{fmt.value.lower()}"
 
 
+def encoder_options(fmt: ImageFormat, quality: int, config: WorkerConfig) -> dict[str, int]:
+    """Pillow's ``save`` options for a result image: the request's quality (PNG is lossless
+    and has none) and the worker's encoder effort."""
+    if fmt is ImageFormat.WEBP:
+        return {"quality": quality, "method": config.webp_method}
+    if fmt is ImageFormat.PNG:
+        return {"compress_level": config.png_compress_level}
+    return {"quality": quality}
+
+
 def finish(ctx: StageContext, item: WorkItem, output: EngineOutput) -> None:
     if ctx.cancelled(item.request_id):  # made in a batch, or cancelled just after: dropped
         emit_safely(ctx, item, lambda: cancelled_outcome(ctx, item, "after generation"))
@@ -58,12 +69,13 @@ def encode_and_upload(ctx: StageContext, item: WorkItem, output: EngineOutput) -
     assert request is not None
     item.marks["upload_start"] = time.time_ns()
     fmt = request.params.output_format
+    options = encoder_options(fmt, request.params.output_quality, ctx.config)
     images = []
     encode_s = upload_s = 0.0
     for index, image in enumerate(output.images):
         started = time.perf_counter()
         buffer = io.BytesIO()
-        image.save(buffer, format=_PIL_FORMATS[fmt], quality=request.params.output_quality)
+        image.save(buffer, format=_PIL_FORMATS[fmt], **options)
         body = buffer.getvalue()
         encode_s += time.perf_counter() - started
         key = result_key(request, index, fmt)

@@ -81,6 +81,9 @@ def test_unparseable_variable_is_named(
         ("F2P_WORKER_SESSION_TIMEOUT_MS", "0"),
         ("F2P_WORKER_TRANSACTION_TIMEOUT_MS", "-5"),
         ("F2P_WORKER_MAX_BATCH_WAIT_MS", "-1"),
+        ("F2P_WORKER_WEBP_METHOD", "7"),
+        ("F2P_WORKER_WEBP_METHOD", "-1"),
+        ("F2P_WORKER_PNG_COMPRESS_LEVEL", "10"),
         ("F2P_WORKER_HEARTBEAT_INTERVAL_MS", "5000"),  # more than session_timeout_ms / 3
         ("F2P_WORKER_HEARTBEAT_INTERVAL_MS", "0"),
         ("F2P_WORKER_SHUTDOWN_TIMEOUT_S", "-1"),
