@@ -29,6 +29,7 @@ from connectors.claim_check import ClaimCheckStore, face_ref
 from connectors.s3 import make_s3_client
 from connectors.topic_reader import read_to_end
 from inference_consumer.engines.sim import expected_service_time
+from inference_consumer.threads import thread_cpu_by_stage
 from schemas.images import make_sample_face
 from schemas.records import GenerationRequest, InlineImage
 
@@ -174,6 +175,7 @@ def control_plane(
         processes = {"worker": [worker_pid], "harness": [os.getpid()]}
         processes.update({name: [pid] for name, pid in stack_pids().items()})
         threads_before = thread_cpu(worker_pid)
+        stages_before = thread_cpu_by_stage(worker_pid, main_thread_stage="loop")
         profiler = None
         if os.environ.get("F2P_BENCH_PROFILE") == "1":
             profiler = Profiler(worker_pid, bench.log_dir / f"{run.label.replace('/', '-')}.txt")
@@ -183,6 +185,7 @@ def control_plane(
         run.wait(ids, sizes.control_max_s)
         usage = cpu.stop()
         threads_after = thread_cpu(worker_pid)
+        stages_after = thread_cpu_by_stage(worker_pid, main_thread_stage="loop")
         profile = profiler.stop() if profiler is not None else None
         publishing.join()
         results = run.collector.results_for(ids)
@@ -208,6 +211,11 @@ def control_plane(
     for kind, seconds in threads_after.items():
         used = seconds - threads_before.get(kind, 0.0)
         figures[f"worker_{kind}_cpu_ms_per_request"] = 1000 * used / max(1, done)
+    # ... and our worker's Python threads by stage, from their own clocks (the runner polls on
+    # the main thread; the naive loop does every stage there).
+    for stage, seconds in stages_after.items():
+        used = seconds - stages_before.get(stage, 0.0)
+        figures[f"worker_stage_{stage}_cpu_ms_per_request"] = 1000 * used / max(1, done)
     if profile is not None:
         figures["profile_path"] = str(profile)
         figures["profile"] = summarize(profile)

@@ -22,6 +22,7 @@ from inference_consumer.stages import (
     failed_outcome,
     retry_outcome,
 )
+from inference_consumer.threads import name_pool_thread, name_this_thread
 from inference_consumer.upload import finish
 from inference_consumer.work import WorkItem
 from schemas.records import GenerationRequest
@@ -54,7 +55,9 @@ class OutputPool:
     completion, and the loop waits for it instead of for messages (``Handler.finishing``)."""
 
     def __init__(self, threads: int) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="output")
+        self._pool = ThreadPoolExecutor(
+            threads, "output", initializer=name_pool_thread, initargs=("output",)
+        )
         self._lock = threading.Lock()
         self._in_flight = 0
 
@@ -173,6 +176,7 @@ class EngineLoop:
         self.generating = False
 
     def run(self) -> None:
+        name_this_thread("engine")
         while not self._stopping:
             batch = self.batcher.next_batch(timeout_s=0.2)
             if batch:

@@ -7,12 +7,38 @@ benchmarks). GPU utilisation is exported when NVML (``pynvml``) is importable an
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from inference_consumer.threads import thread_cpu_by_stage
 
 log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class StageCpu(Collector):
+    """``f2p_worker_thread_cpu_seconds{stage}``: CPU of the process's threads by pipeline stage,
+    read from their clocks at scrape time (nothing on the hot path). Per process: workers that
+    share one (tests) report the same totals."""
+
+    def __init__(self) -> None:
+        # The stage the main thread runs; set by Worker.run (None: it runs none of them).
+        self.main_thread_stage: str | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "f2p_worker_thread_cpu_seconds",
+            "CPU time of the worker's threads by stage (loop, prefetch, engine, output), native "
+            "work without the GIL included",
+            labels=["stage"],
+        )
+        for stage, seconds in thread_cpu_by_stage(main_thread_stage=self.main_thread_stage).items():
+            family.add_metric([stage], seconds)
+        yield family
 
 
 class WorkerMetrics:
@@ -91,6 +117,8 @@ class WorkerMetrics:
             "Transactional producers created (more than one: replaced after a fatal error)",
             registry=r,
         )
+        self.stage_cpu = StageCpu()
+        r.register(self.stage_cpu)
         self.worker_id = worker_id
 
     # -- connectors.eos.loop.LoopMetrics -------------------------------------------------------

@@ -47,6 +47,7 @@ from inference_consumer.metrics import WorkerMetrics
 from inference_consumer.outcomes import OutcomeWriter
 from inference_consumer.prefetch import release_face
 from inference_consumer.stages import StageContext
+from inference_consumer.threads import name_pool_thread, name_this_thread
 from inference_consumer.work import Outcome, WorkItem
 from schemas.codec import AvroCodec
 from schemas.control_records import RequestState
@@ -156,7 +157,16 @@ class Worker:
             timeouts.heartbeat_interval_ms,
             timeouts.transaction_timeout_ms,
         )
-        prefetch_pool = ThreadPoolExecutor(self.config.prefetch_threads, "prefetch")
+        if threading.current_thread() is threading.main_thread():
+            self.metrics.stage_cpu.main_thread_stage = "loop"
+        else:
+            name_this_thread("loop")
+        prefetch_pool = ThreadPoolExecutor(
+            self.config.prefetch_threads,
+            "prefetch",
+            initializer=name_pool_thread,
+            initargs=("prefetch",),
+        )
         engine_loop = EngineLoop(self.ctx, self.batcher)
         handler = WorkerHandler(
             self.ctx,

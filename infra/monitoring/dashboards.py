@@ -257,6 +257,21 @@ def fleet_dashboard() -> dashboard.Dashboard:
         )
         .with_panel(
             _series(
+                "Worker CPU by stage",
+                "percentunit",
+                [
+                    (
+                        f"sum by (stage) (rate(f2p_worker_thread_cpu_seconds_total[{RATE}]))",
+                        "{{stage}}",
+                    )
+                ],
+                "Cores busy in each stage's threads, all workers (loop: consume and commit; "
+                "prefetch: request and face decode; engine: the engine thread's host side; "
+                "output: image encode, S3 put, records). Sizes the CPUs a GPU needs.",
+            )
+        )
+        .with_panel(
+            _series(
                 "Redelivered requests already done",
                 "reqps",
                 [

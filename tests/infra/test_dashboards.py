@@ -46,6 +46,7 @@ def test_dashboards_cover_the_fleet_and_the_tenants() -> None:
         "f2p_worker_errors_total",  # errors by reason
         "f2p_worker_transactions_total",  # transactions
         "f2p_worker_held_bytes",  # memory between stages
+        "f2p_worker_thread_cpu_seconds_total",  # CPU by stage
         "f2p_worker_redelivered_done_total",  # redeliveries skipped
         "f2p_worker_producers_created_total",  # producer replacements
         "f2p_worker_engine_recompiles",  # torch.compile after warm-up
