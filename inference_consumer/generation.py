@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from inference_consumer.batcher import RequestBatcher
@@ -22,7 +22,7 @@ from inference_consumer.stages import (
     failed_outcome,
     retry_outcome,
 )
-from inference_consumer.threads import name_pool_thread, name_this_thread
+from inference_consumer.threads import name_this_thread, stage_pool
 from inference_consumer.upload import finish
 from inference_consumer.work import WorkItem
 from schemas.records import GenerationRequest
@@ -55,9 +55,9 @@ class OutputPool:
     completion, and the loop waits for it instead of for messages (``Handler.finishing``)."""
 
     def __init__(self, threads: int) -> None:
-        self._pool = ThreadPoolExecutor(
-            threads, "output", initializer=name_pool_thread, initargs=("output",)
-        )
+        # Every thread started now: one started inside ``submit`` made the engine thread wait
+        # 20-67 ms at its first full batch (``stage_pool``).
+        self._pool = stage_pool("output", threads)
         self._lock = threading.Lock()
         self._in_flight = 0
 

@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from connectors.control import CancellationWatch
@@ -47,7 +46,7 @@ from inference_consumer.metrics import WorkerMetrics
 from inference_consumer.outcomes import OutcomeWriter
 from inference_consumer.prefetch import release_face
 from inference_consumer.stages import StageContext
-from inference_consumer.threads import name_pool_thread, name_this_thread
+from inference_consumer.threads import name_this_thread, stage_pool
 from inference_consumer.work import Outcome, WorkItem
 from schemas.codec import AvroCodec
 from schemas.control_records import RequestState
@@ -161,12 +160,7 @@ class Worker:
             self.metrics.stage_cpu.main_thread_stage = "loop"
         else:
             name_this_thread("loop")
-        prefetch_pool = ThreadPoolExecutor(
-            self.config.prefetch_threads,
-            "prefetch",
-            initializer=name_pool_thread,
-            initargs=("prefetch",),
-        )
+        prefetch_pool = stage_pool("prefetch", self.config.prefetch_threads)
         engine_loop = EngineLoop(self.ctx, self.batcher)
         handler = WorkerHandler(
             self.ctx,

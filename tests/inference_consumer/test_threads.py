@@ -16,6 +16,7 @@ from inference_consumer.threads import (
     name_pool_thread,
     name_this_thread,
     stage_of,
+    stage_pool,
     thread_cpu_by_stage,
 )
 
@@ -54,6 +55,20 @@ def test_pool_threads_are_numbered_like_their_python_names() -> None:
             for _ in range(4)
         }
     assert names <= {"f2p-output_0", "f2p-output_1"} and names
+
+
+def test_a_stage_pool_has_every_thread_running_and_named_when_returned() -> None:
+    pool = stage_pool("poolcheck", 3)  # a name no other test's threads carry
+    try:
+        names = sorted(
+            name
+            for task in Path("/proc/self/task").iterdir()
+            if (name := (task / "comm").read_text().strip()).startswith("f2p-poolcheck")
+        )
+        assert names == ["f2p-poolcheck_0", "f2p-poolcheck_1", "f2p-poolcheck_2"]
+        assert pool.submit(lambda: 42).result(timeout=30) == 42
+    finally:
+        pool.shutdown()
 
 
 def test_names_are_cut_to_what_linux_keeps_and_map_back_to_their_stage() -> None:
