@@ -13,13 +13,14 @@ the functions that hold the most samples (self and inclusive), which docs/BENCHM
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+from inference_consumer.threads import thread_cpu_times
 
 THREAD_KINDS = ("python", "librdkafka", "obstore")
 
@@ -36,24 +37,12 @@ def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of ``pid``'s live threads by kind (threads that ended are not counted), and
     ``python_kernel``: the part of the Python threads' that the kernel spent for them (system
     calls, futex wake-ups of thread hand-offs, the GIL's condition variable)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     totals = dict.fromkeys((*THREAD_KINDS, "python_kernel"), 0.0)
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return totals
-    for task in tasks:
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        user, kernel = int(fields[11]) / ticks, int(fields[12]) / ticks
-        kind = thread_kind(name)
-        totals[kind] += user + kernel
+    for thread in thread_cpu_times(pid):
+        kind = thread_kind(thread.name)
+        totals[kind] += thread.user_s + thread.system_s
         if kind == "python":
-            totals["python_kernel"] += kernel
+            totals["python_kernel"] += thread.system_s
     return totals
 
 

@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,39 @@ def stage_of(os_name: str) -> str | None:
     return next((stage for stage in STAGES if rest.startswith(stage)), None)
 
 
+@dataclass(frozen=True)
+class ThreadCpu:
+    """One live thread of a process: its id, OS name and CPU seconds so far."""
+
+    tid: int
+    name: str
+    user_s: float
+    system_s: float
+
+
+def thread_cpu_times(pid: int | None = None) -> list[ThreadCpu]:
+    """The live threads of ``pid`` (this process by default) from ``/proc``; threads that end
+    while they are read are left out."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = list(Path(f"/proc/{pid or 'self'}/task").iterdir())
+    except OSError:
+        return []
+    threads = []
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # The name is in parentheses and may itself hold spaces and parentheses.
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        threads.append(
+            ThreadCpu(int(task.name), name, int(fields[11]) / ticks, int(fields[12]) / ticks)
+        )
+    return threads
+
+
 def thread_cpu_by_stage(
     pid: int | None = None, *, main_thread_stage: str | None = None
 ) -> dict[str, float]:
@@ -91,24 +125,10 @@ def thread_cpu_by_stage(
 
     The main thread keeps the process's name (``ps``, ``pgrep`` show it), so it is never
     renamed: ``main_thread_stage`` says which stage it runs (``f2p worker`` polls on it)."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    main_tid = pid or os.getpid()
     totals = dict.fromkeys(STAGES, 0.0)
-    root = Path(f"/proc/{pid or 'self'}/task")
-    try:
-        tasks = list(root.iterdir())
-    except OSError:
-        return totals
-    for task in tasks:
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:  # ended meanwhile
-            continue
-        if task.name == str(pid or os.getpid()):
-            stage = main_thread_stage
-        else:
-            stage = stage_of(stat[stat.index("(") + 1 : stat.rindex(")")])
-        if stage is None:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        totals[stage] += (int(fields[11]) + int(fields[12])) / ticks
+    for thread in thread_cpu_times(pid):
+        stage = main_thread_stage if thread.tid == main_tid else stage_of(thread.name)
+        if stage is not None:
+            totals[stage] += thread.user_s + thread.system_s
     return totals
