@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -499,10 +500,16 @@ def finish(
     *,
     admission_group: str | None = None,
     delivered: dict[str, list[str]] | None = None,
+    never_written: set[str] | None = None,
 ) -> float:
     """Wait for every result and an empty backlog (workers' and admission's lag 0), check that
     none of ``worker_ids`` died on its own, then stop them gracefully (SIGTERM: drain, commit,
-    exit 0)."""
+    exit 0).
+
+    With ``delivered`` (the publisher's delivery reports) and ``never_written``, a request that
+    has no result because the broker never wrote it (acknowledged without an offset, in no
+    ingress partition: librdkafka#4134) is added to ``never_written`` with a warning instead of
+    failing the wait; the caller checks exactly-once over the others."""
     t = settings.topics
     admission_topics = [*t.request_lanes, t.admission_repartition]
 
@@ -527,6 +534,21 @@ def finish(
             "admission": admission_group and group_lag(settings, admission_group, admission_topics),
         }
         missing = sorted(expected - seen)
+        lost = _acked_but_never_written(settings, missing, delivered)
+        if never_written is not None and lost and set(missing) == lost and not any(lag.values()):
+            # The pipeline cannot answer a request that is not in its input: these were
+            # acknowledged to the publisher without an offset and are in no partition of the
+            # ingress topics, committed or not (librdkafka's idempotent producer under a frozen
+            # broker, confluentinc/librdkafka#4134). Everything that was written got its result.
+            warnings.warn(
+                f"{len(lost)} of {len(expected)} requests were acknowledged to the publisher "
+                "without an offset and never written (confluentinc/librdkafka#4134):\n"
+                f"{missing_trail(settings, sorted(lost)[:3], delivered)}",
+                stacklevel=2,
+            )
+            never_written.update(lost)
+            met = True
+    if not met:
         raise AssertionError(
             f"not all results within {timeout_s} s: {len(missing)} of {len(expected)} "
             f"missing; lagging (committed, end): {lag}\n"
@@ -537,6 +559,34 @@ def finish(
     codes = fleet.stop_all()
     assert all(code == 0 for code in codes.values()), f"{codes}\n{fleet.log_tail()}"
     return waited
+
+
+def _acked_but_never_written(
+    settings: Settings, request_ids: list[str], delivered: dict[str, list[str]] | None
+) -> set[str]:
+    """Those of ``request_ids`` whose every delivery report came without an offset and that no
+    partition of the ingress topics holds, read uncommitted to its end (empty when any could
+    not be read: an absence there proves nothing)."""
+    if delivered is None:
+        return set()
+    candidates = [
+        rid
+        for rid in request_ids
+        if delivered.get(rid) and all(place.endswith("@None") for place in delivered[rid])
+    ]
+    if not candidates:
+        return set()
+    unread: list[str] = []
+    found = _find_in_topics(
+        settings,
+        list(settings.topics.request_lanes),
+        {rid.encode(): rid for rid in candidates},
+        "read_uncommitted",
+        unread,
+    )
+    if unread:
+        return set()
+    return {rid for rid in candidates if not found.get(rid)}
 
 
 def missing_trail(

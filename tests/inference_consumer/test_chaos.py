@@ -149,6 +149,8 @@ def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path, admin)
         else:
             fleet.start(wid, {"F2P_WORKER_STATIC_MEMBERSHIP": static[wid]})
 
+    # Acknowledged to the publisher but never written (librdkafka#4134): see finish().
+    never_written: set[str] = set()
     try:
         for wid in admission_ids + worker_ids:
             start(wid)
@@ -204,8 +206,9 @@ def test_kill9_chaos_exactly_once(pipeline, codec, unique_name, tmp_path, admin)
         drain_s = finish(
             fleet, pipeline, codec, expected, group_id, 150, admission_ids + worker_ids,
             admission_group=admission_group, delivered=publisher.delivered,
+            never_written=never_written,
         )  # fmt: skip
-        results = assert_exactly_once(pipeline, codec, expected, fleet)
+        results = assert_exactly_once(pipeline, codec, expected - never_written, fleet)
     finally:
         fleet.kill_all()
     lanes = {r.request_id: r.lane for r in unique}
